@@ -1,0 +1,129 @@
+"""Every bound and period of a peer, in one frozen object.
+
+Names carry their unit last (`line_bytes_max`, `wait_max_s`). Each bound is
+checked at the edge that receives the input, and exceeding it gets a named
+error (see docs/protocol.md for the client-facing ones). Presets: `local()`
+for a cluster on loopback (tight timers), `lan()` for real machines, and
+`simulation()` for the deterministic simulation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- client protocol ------------------------------------------------
+    line_bytes_max: int = 64 * 1024
+    """Longest client line. 64 KiB fits any sane shell command; a longer line
+    gets `ERR line-too-long` and is dropped without buffering it."""
+
+    command_bytes_max: int = 16 * 1024
+    """Longest command in SUBMIT (a job record is kept for ever, so keep it
+    small; 16 KiB is four times the Linux `ps` display limit)."""
+
+    client_connections_max: int = 256
+    """Concurrent client connections; one more gets `ERR too-many-connections`."""
+
+    client_pipeline_max: int = 64
+    """Requests a client may have outstanding on one connection (pipelining);
+    past it the peer stops reading from that client (backpressure)."""
+
+    client_idle_s: float = 300.0
+    """A connection that sends nothing for this long is closed with
+    `ERR idle-timeout`. A pending WAIT counts as activity."""
+
+    wait_max_s: float = 3600.0
+    """Longest WAIT, and the timeout of a WAIT without one."""
+
+    list_max: int = 1000
+    """Largest LIST count."""
+
+    # --- jobs -----------------------------------------------------------
+    queue_jobs_max: int = 100_000
+    """Jobs queued (not running) at this peer; SUBMIT past it gets `ERR busy`
+    and nothing is stored. Bounds memory: a queued job costs ~1 KiB."""
+
+    job_timeout_default_s: float = 3600.0
+    """Run time of a job submitted without --timeout; then it is killed and
+    marked failed with reason=timeout."""
+
+    job_timeout_max_s: float = 7 * 24 * 3600.0
+    """Largest --timeout a client may ask for."""
+
+    output_bytes_max: int = 1024 * 1024
+    """Captured bytes of stdout and of stderr, each; the rest is read and
+    dropped, and the result says truncated=yes."""
+
+    kill_grace_s: float = 2.0
+    """After SIGTERM to a job's process group (cancel, timeout, shutdown),
+    how long before SIGKILL."""
+
+    # --- durability -----------------------------------------------------
+    commit_events_max: int = 4096
+    """Events folded into one group commit; bounds the latency a huge burst
+    adds to the first ack in it."""
+
+    inbox_events_max: int = 4096
+    """Events waiting for the core; producers (clients, runners, peer links)
+    wait when it is full (backpressure, never dropping)."""
+
+    tick_interval_s: float = 0.02
+    """How often the core's timers are looked at (WAIT deadlines, membership,
+    balance, retries); the resolution of every timer below."""
+
+    # --- cluster --------------------------------------------------------
+    frame_bytes_max: int = 8 * 1024 * 1024
+    """Largest CBOR frame from a peer; a handoff batch or a result (which
+    carries up to 2 x output_bytes_max) must fit."""
+
+    peer_send_queue_max: int = 1024
+    """Frames waiting to be written to one peer; past it gossip frames are
+    dropped and counted (gossip tolerates loss; job messages are resent)."""
+
+    steal_interval_s: float = 0.01
+    """How often an underloaded peer may start a steal."""
+
+    steals_in_flight_max: int = 1
+    """Steal requests this peer has outstanding; one keeps thieves from
+    acting twice on one stale view."""
+
+    steal_timeout_s: float = 1.0
+    """A steal request unanswered for this long is forgotten (a late grant
+    is still accepted: jobs are never refused)."""
+
+    handoff_batch_max: int = 256
+    """Jobs moved in one handoff message."""
+
+    handoff_timeout_s: float = 5.0
+    """A victim that hears no ack for a handoff this long takes the jobs back
+    (the thief may also run them: at-least-once, never lost)."""
+
+    result_retry_s: float = 0.2
+    """First resend delay of an unacknowledged result; doubles each time."""
+
+    result_retry_max_s: float = 5.0
+    """Cap of the resend back-off."""
+
+    reissue_grace_s: float = 3.0
+    """A job whose executor has been dead this long is re-issued by its
+    home with attempt + 1."""
+
+    @classmethod
+    def local(cls, **overrides) -> Config:
+        return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def lan(cls, **overrides) -> Config:
+        return dataclasses.replace(cls(reissue_grace_s=30.0, handoff_timeout_s=15.0), **overrides)
+
+    @classmethod
+    def simulation(cls, **overrides) -> Config:
+        return dataclasses.replace(cls(), **overrides)
+
+
+def default_slots() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,774 @@
+"""The peer's decision core: every event in, writes and actions out. No I/O.
+
+Theory of operation
+-------------------
+A peer is one `PeerCore` fed events by its edge (`executor/node.py` for real
+peers, `sim/` for the deterministic simulation):
+
+* `ClientRequest` — a parsed client command with an opaque reply token;
+* `JobExited` — the runner finished (or killed) a job;
+* `PeerMessage` — a decoded frame from another peer (gossip or job traffic);
+* `PeerUnreachable` — a link to a peer broke or could not be opened;
+* `ClientClosed` — a connection went away (its pending WAITs are dropped);
+* `Tick` — time passed: WAIT deadlines, membership timers, balancing,
+  result resends, handoff timeouts, re-issue of jobs stranded on dead peers.
+
+Handling an event mutates the core's memory and appends to two buffers: the
+*writes* that must become durable and the *actions* the edge carries out (reply
+to a client, start or kill a job, send a message). The edge handles a batch of
+events, takes both buffers with `take()`, writes the writes in ONE synced batch
+and only then carries out the actions. That is group commit, and it is also the
+whole durability argument: nothing leaves the peer — no `OK` to a client, no ack
+to a peer, no job start — before the state it depends on is on disk. If the
+peer crashes before the sync, nobody was told anything, and the restart reads
+back the state as of the previous batch.
+
+Job flow at a glance (docs/cluster.md has every crash point):
+
+    SUBMIT --> j/ + q/ written --> OK <id> --> (maybe pushed) --> queue --> Start
+    Start --> running (j/, q/ marked) --> JobExited --> result written
+           home here:  j/ final + o/ output, q/ deleted in the same batch
+           home away:  x/ outbox + q/ deleted, JobResult sent until ResultAck
+
+The core draws no random numbers of its own (a seeded `random.Random` is
+passed in) and reads no clock (`now` comes with each event), so the same code
+runs under hypothesis and in the seeded simulation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from executor import balance
+from executor.config import Config
+from executor.jobs import HeldJob, JobEvent, JobRecord, JobState
+from executor.messages import (
+    CancelJob,
+    Handoff,
+    HandoffAck,
+    JobMoved,
+    JobResult,
+    JobTransfer,
+    ResultAck,
+    StealRequest,
+)
+from executor.protocol import (
+    HELP_LINES,
+    Cancel,
+    ClientError,
+    Command,
+    Help,
+    JobSpec,
+    ListJobs,
+    Peers,
+    Quit,
+    Result,
+    Status,
+    Submit,
+    Wait,
+    err,
+    format_fields,
+    lines_reply,
+    ok,
+    split_job_id,
+)
+from storage import layout
+from storage.store import Write
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    token: Any  # (connection id, request number): opaque to the core
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    connection: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JobExited:
+    job_id: str
+    attempt: int
+    exit_code: int | None
+    reason: str | None  # None when the command exited by itself
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    sender: str
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+Event = ClientRequest | ClientClosed | JobExited | PeerMessage | PeerUnreachable | Tick
+
+# ---------------------------------------------------------------------------
+# Actions
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    token: Any
+    data: bytes
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyResult:
+    """Reply `header`, then the stored output of `job_id`, then a newline."""
+
+    token: Any
+    header: bytes
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartJob:
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class KillJob:
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer_id: str
+    addr: str
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    text: str
+
+
+Action = Reply | ReplyResult | StartJob | KillJob | Send | Log
+
+
+@dataclass(slots=True)
+class _Waiter:
+    token: Any
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Lend:
+    """Jobs offered in a handoff, held until the receiver acks."""
+
+    receiver: str
+    jobs: list[HeldJob]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A result waiting in the outbox for its home's ack."""
+
+    result: JobResult
+    home: str
+    next_send_at: float
+    backoff_s: float
+
+
+@dataclass(slots=True)
+class Counters:
+    submitted: int = 0
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    started: int = 0
+    reexecuted: int = 0
+    steals_out: int = 0  # jobs this peer gave away
+    steals_in: int = 0  # jobs this peer received
+    busy_rejections: int = 0
+    results_duplicate: int = 0
+    reissued: int = 0
+    batches: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class PeerCore:
+    def __init__(
+        self,
+        peer_id: str,
+        config: Config,
+        slots: int,
+        rng: random.Random,
+        snapshot: layout.Snapshot,
+        now: float,
+        cluster: Any = None,
+    ) -> None:
+        assert slots >= 1
+        self.peer_id = peer_id
+        self.config = config
+        self.slots = slots
+        self.rng = rng
+        self.cluster = cluster  # executor.cluster.Cluster, or None for a lone peer
+        self.counters = Counters()
+        self.next_seq = snapshot.next_seq
+        self.records: dict[str, JobRecord] = {}
+        self.queue: OrderedDict[str, HeldJob] = OrderedDict()  # oldest first
+        self.running: dict[str, HeldJob] = {}
+        self.cancelled_running: set[str] = set()
+        self.waiters: dict[str, list[_Waiter]] = {}
+        self.lends: dict[int, _Lend] = {}
+        self.outbox: dict[str, _Outgoing] = {}
+        self.remote_open: set[str] = set()  # home records whose job is at another peer
+        self.steals: dict[int, float] = {}  # request id -> deadline
+        self.next_request_id = 1
+        self.next_steal_at = now
+        self.next_reissue_scan_at = now
+        self._writes: list[Write] = []
+        self._actions: list[Action] = []
+        self._restore(snapshot, now)
+
+    # ------------------------------------------------------------------
+    # The edge's interface
+
+    def take(self) -> tuple[list[Write], list[Action]]:
+        """Writes to make durable (one synced batch), then actions to carry out."""
+        writes, actions = self._writes, self._actions
+        self._writes, self._actions = [], []
+        if writes:
+            self.counters.batches += 1
+        return writes, actions
+
+    def handle(self, event: Event, now: float) -> None:
+        kind = type(event)
+        if kind is ClientRequest:
+            self._on_client(event.token, event.command, now)
+        elif kind is JobExited:
+            self._on_exited(event, now)
+        elif kind is Tick:
+            self._on_tick(now)
+        elif kind is PeerMessage:
+            self._on_peer_message(event.sender, event.message, now)
+        elif kind is PeerUnreachable:
+            if self.cluster is not None:
+                self._actions.extend(self.cluster.unreachable(event.peer_id, now))
+        elif kind is ClientClosed:
+            self._drop_waiters(event.connection)
+        else:
+            raise TypeError(f"unknown event {event!r}")
+        self._dispatch(now)
+
+    @property
+    def load(self) -> balance.PeerLoad:
+        return balance.PeerLoad(self.peer_id, len(self.queue), len(self.running), self.slots)
+
+    # ------------------------------------------------------------------
+    # Recovery
+
+    def _restore(self, snap: layout.Snapshot, now: float) -> None:
+        """Rebuild memory from the store after a start or a crash.
+
+        Every job held here goes back in the queue, oldest first; one that was
+        running when the peer died runs again as a new attempt, and its home
+        hears of it. Results still in the outbox are resent.
+        """
+        for d in snap.jobs:
+            record = JobRecord.from_wire(d)
+            self.records[record.job_id] = record
+            if not record.state.final and record.executor != self.peer_id:
+                self.remote_open.add(record.job_id)
+            self.next_seq = max(self.next_seq, split_job_id(record.job_id)[1] + 1)
+        for d in sorted(snap.held, key=lambda d: (d["t"], split_job_id(d["id"])[1])):
+            job = HeldJob.from_wire(d)
+            if job.running:
+                job.running = False
+                job.attempt += 1
+                job.moves = 0
+                self.counters.reexecuted += 1
+                self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
+            self.queue[job.job_id] = job
+            self._report_location(job, now)
+        for d in snap.outbox:
+            result = JobResult(**d["r"])
+            self.outbox[result.job_id] = _Outgoing(result, d["h"], now, self.config.result_retry_s)
+        # A home record that says "here" but has no held copy was lost in no
+        # batch we wrote (record and q/ always change together); requeue it
+        # rather than trust that invariant blindly.
+        for record in self.records.values():
+            if not record.state.final and record.executor == self.peer_id and record.job_id not in self.queue:
+                self._log(f"job {record.job_id} was recorded here but not held; requeued")
+                self._hold(self._held_from_record(record, record.attempt + 1), now, persist=True)
+
+    def _held_from_record(self, record: JobRecord, attempt: int) -> HeldJob:
+        return HeldJob(record.job_id, self.peer_id, record.spec, attempt, 0, record.submitted_at)
+
+    # ------------------------------------------------------------------
+    # Clients
+
+    def _on_client(self, token: Any, command: Command, now: float) -> None:
+        kind = type(command)
+        try:
+            if kind is Submit:
+                self._submit(token, command.spec, now)
+            elif kind is Status:
+                self._reply(token, self._status_line(self._home_record(command.job_id)))
+            elif kind is Result:
+                self._result(token, self._home_record(command.job_id))
+            elif kind is Wait:
+                self._wait(token, command, now)
+            elif kind is Cancel:
+                self._cancel(token, self._home_record(command.job_id), now)
+            elif kind is ListJobs:
+                latest = []
+                for job_id in reversed(self.records):
+                    latest.append(self._status_text(self.records[job_id]))
+                    if len(latest) >= command.count:
+                        break
+                self._reply(token, lines_reply("jobs", latest))
+            elif kind is Peers:
+                self._reply(token, lines_reply("peers", self._peer_lines()))
+            elif kind is Help:
+                self._reply(token, lines_reply("lines", list(HELP_LINES)))
+            elif kind is Quit:
+                self._actions.append(Reply(token, ok("bye"), close=True))
+            else:
+                raise TypeError(f"unknown command {command!r}")
+        except ClientError as exc:
+            self._reply(token, exc.reply())
+
+    def _reply(self, token: Any, data: bytes) -> None:
+        self._actions.append(Reply(token, data))
+
+    def _home_record(self, job_id: str) -> JobRecord:
+        record = self.records.get(job_id)
+        if record is not None:
+            return record
+        home, seq = split_job_id(job_id)
+        if home == self.peer_id:
+            raise ClientError("not-found", f"no job {job_id} (this peer has issued {self.next_seq - 1})")
+        where = self.cluster.address_of(home) if self.cluster is not None else None
+        at = f" at {where}" if where else ""
+        raise ClientError("not-home", f"job {job_id} belongs to peer {home}{at}; ask it there")
+
+    def _submit(self, token: Any, spec: JobSpec, now: float) -> None:
+        if len(self.queue) >= self.config.queue_jobs_max:
+            self.counters.busy_rejections += 1
+            raise ClientError("busy", f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
+        seq = self.next_seq
+        self.next_seq += 1
+        job_id = f"{self.peer_id}-{seq}"
+        record = JobRecord(job_id, spec, now, executor=self.peer_id)
+        self.records[job_id] = record
+        self.counters.submitted += 1
+        self._writes.append((layout.key(layout.JOB, job_id), layout.encode(record.to_wire())))
+        self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
+        self._hold(self._held_from_record(record, 1), now, persist=True)
+        self._reply(token, ok(job_id))
+        if self.cluster is not None:
+            target = self.cluster.push_target(self.load, now)
+            if target is not None:
+                self._hand_off(target, [self.queue[job_id]], request_id=0, now=now)
+
+    def _result(self, token: Any, record: JobRecord) -> None:
+        if not record.state.final:
+            raise ClientError("not-finished", f"job {record.job_id} is {record.state.value}")
+        fields = {
+            "exit": "-" if record.exit_code is None else record.exit_code,
+            "stdout": record.stdout_bytes,
+            "stderr": record.stderr_bytes,
+            "attempt": record.attempt,
+            "executor": record.executor or "-",
+            "truncated": "yes" if record.truncated else "no",
+            "reason": record.reason,
+        }
+        header = ok(f"{record.job_id} {record.state.value} {format_fields(fields)}")
+        if record.stdout_bytes or record.stderr_bytes:
+            self._actions.append(ReplyResult(token, header, record.job_id))
+        else:
+            self._reply(token, header + b"\n")
+
+    def _wait(self, token: Any, command: Wait, now: float) -> None:
+        record = self._home_record(command.job_id)
+        if record.state.final:
+            self._reply(token, self._status_line(record))
+            return
+        timeout = command.timeout_s if command.timeout_s is not None else self.config.wait_max_s
+        self.waiters.setdefault(record.job_id, []).append(_Waiter(token, now + timeout))
+
+    def _drop_waiters(self, connection: Any) -> None:
+        for job_id in list(self.waiters):
+            kept = [w for w in self.waiters[job_id] if w.token[0] != connection]
+            if kept:
+                self.waiters[job_id] = kept
+            else:
+                del self.waiters[job_id]
+
+    def _wake(self, record: JobRecord) -> None:
+        for waiter in self.waiters.pop(record.job_id, ()):
+            self._reply(waiter.token, self._status_line(record))
+
+    def _cancel(self, token: Any, record: JobRecord, now: float) -> None:
+        if record.state.final:
+            raise ClientError("finished", f"job {record.job_id} is already {record.state.value}")
+        record.apply(JobEvent.CANCEL)
+        record.finished_at = now
+        record.reason = "cancelled"
+        self.counters.cancelled += 1
+        self._put_record(record)
+        self._drop_held(record.job_id)
+        if record.executor != self.peer_id and self.cluster is not None:
+            self._send(record.executor, CancelJob(record.job_id))
+        self.remote_open.discard(record.job_id)
+        self._reply(token, ok(f"{record.job_id} cancelled"))
+        self._wake(record)
+
+    def _drop_held(self, job_id: str) -> None:
+        """Stop holding a job: unqueue it, or kill it if it runs here."""
+        if job_id in self.queue:
+            del self.queue[job_id]
+            self._writes.append((layout.key(layout.HELD, job_id), None))
+        elif job_id in self.running and job_id not in self.cancelled_running:
+            # The slot stays taken until the process is really gone.
+            self.cancelled_running.add(job_id)
+            self._actions.append(KillJob(job_id, self.running[job_id].attempt))
+
+    def _status_text(self, record: JobRecord) -> str:
+        fields = {
+            "attempt": record.attempt,
+            "executor": record.executor or "-",
+            "exit": record.exit_code,
+            "reason": record.reason,
+            "submitted": f"{record.submitted_at:.3f}",
+            "runtime_ms": (
+                round((record.finished_at - record.started_at) * 1000)
+                if record.finished_at is not None and record.started_at is not None
+                else None
+            ),
+        }
+        return f"{record.job_id} {record.state.value} {format_fields(fields)}"
+
+    def _status_line(self, record: JobRecord) -> bytes:
+        return ok(self._status_text(record))
+
+    def _peer_lines(self) -> list[str]:
+        if self.cluster is not None:
+            return self.cluster.peer_lines(self.load)
+        load = self.load
+        return [f"{self.peer_id} - alive incarnation=- queued={load.queued} running={load.running} slots={load.slots} self"]
+
+    # ------------------------------------------------------------------
+    # Running jobs here
+
+    def _hold(self, job: HeldJob, now: float, *, persist: bool, front: bool = False) -> None:
+        self.queue[job.job_id] = job
+        if front:
+            self.queue.move_to_end(job.job_id, last=False)
+        if persist:
+            self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
+
+    def _dispatch(self, now: float) -> None:
+        """Start queued jobs, oldest first, while slots are free."""
+        while self.queue and len(self.running) < self.slots:
+            job_id, job = self.queue.popitem(last=False)
+            job.running = True
+            job.started_at = now
+            self.running[job_id] = job
+            self.counters.started += 1
+            self._writes.append((layout.key(layout.HELD, job_id), layout.encode(job.to_wire())))
+            if job.home == self.peer_id:
+                record = self.records.get(job_id)
+                if record is not None and not record.state.final:
+                    record.apply(JobEvent.START)
+                    record.attempt = max(record.attempt, job.attempt)
+                    record.started_at = now
+                    record.executor = self.peer_id
+                    self._put_record(record)
+            else:
+                self._report_location(job, now)
+            timeout = job.spec.timeout_s or self.config.job_timeout_default_s
+            self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout))
+
+    def _on_exited(self, ev: JobExited, now: float) -> None:
+        job = self.running.get(ev.job_id)
+        if job is None or job.attempt != ev.attempt:
+            return  # a stale report from a job we already let go of
+        del self.running[ev.job_id]
+        self._writes.append((layout.key(layout.HELD, ev.job_id), None))
+        if ev.job_id in self.cancelled_running:
+            self.cancelled_running.discard(ev.job_id)
+            return
+        result = JobResult(
+            job_id=ev.job_id, attempt=ev.attempt, executor=self.peer_id,
+            exit_code=ev.exit_code, reason=ev.reason, stdout=ev.stdout, stderr=ev.stderr,
+            truncated=ev.truncated, started_at=job.started_at, finished_at=now,
+        )
+        if job.home == self.peer_id:
+            self._accept_result(result)
+        else:
+            self.outbox[ev.job_id] = _Outgoing(result, job.home, now, self.config.result_retry_s)
+            self._writes.append(
+                (layout.key(layout.OUTBOX, ev.job_id), layout.encode({"h": job.home, "r": _result_dict(result)}))
+            )
+            self._send(job.home, result)
+
+    def _accept_result(self, result: JobResult) -> bool:
+        """At the home: keep the first result of a job; ignore the rest."""
+        record = self.records.get(result.job_id)
+        if record is None or record.state.final or result.attempt < record.floor:
+            self.counters.results_duplicate += 1
+            return False
+        succeeded = result.exit_code == 0 and result.reason is None
+        record.apply(JobEvent.SUCCEED if succeeded else JobEvent.FAIL)
+        record.attempt = max(record.attempt, result.attempt)
+        record.executor = result.executor
+        record.exit_code = result.exit_code
+        record.reason = None if succeeded else (result.reason or "nonzero-exit")
+        record.started_at = result.started_at
+        record.finished_at = result.finished_at
+        record.stdout_bytes = len(result.stdout)
+        record.stderr_bytes = len(result.stderr)
+        record.truncated = result.truncated
+        if succeeded:
+            self.counters.finished += 1
+        else:
+            self.counters.failed += 1
+        self.remote_open.discard(record.job_id)
+        self._put_record(record)
+        if result.stdout or result.stderr:
+            self._writes.append((layout.key(layout.OUTPUT, record.job_id), layout.encode([result.stdout, result.stderr])))
+        self._wake(record)
+        self._drop_held(record.job_id)  # a re-issued copy here need not run now
+        return True
+
+    def _put_record(self, record: JobRecord) -> None:
+        self._writes.append((layout.key(layout.JOB, record.job_id), layout.encode(record.to_wire())))
+
+    # ------------------------------------------------------------------
+    # Timers
+
+    def _on_tick(self, now: float) -> None:
+        self._expire_waiters(now)
+        if self.cluster is None:
+            return
+        self.cluster.set_local_load(self.load)
+        self._actions.extend(self.cluster.tick(now))
+        self._resend_results(now)
+        self._expire_lends(now)
+        self._maybe_steal(now)
+        self._maybe_reissue(now)
+
+    def _expire_waiters(self, now: float) -> None:
+        for job_id in list(self.waiters):
+            kept = []
+            for waiter in self.waiters[job_id]:
+                if waiter.deadline <= now:
+                    state = self.records[job_id].state.value
+                    self._reply(waiter.token, err("timeout", f"job {job_id} is still {state}"))
+                else:
+                    kept.append(waiter)
+            if kept:
+                self.waiters[job_id] = kept
+            else:
+                del self.waiters[job_id]
+
+    # ------------------------------------------------------------------
+    # The cluster: messages between peers
+
+    def _send(self, peer_id: str, msg: Any) -> None:
+        addr = self.cluster.address_of(peer_id) if self.cluster is not None else None
+        if addr is None:
+            return  # unknown peer: the retry timers try again once it is known
+        self._actions.append(Send(peer_id, addr, msg))
+
+    def _on_peer_message(self, sender: str, msg: Any, now: float) -> None:
+        kind = type(msg)
+        if kind is StealRequest:
+            self._on_steal_request(msg, now)
+        elif kind is Handoff:
+            self._on_handoff(msg, now)
+        elif kind is HandoffAck:
+            self._on_handoff_ack(msg, now)
+        elif kind is JobMoved:
+            self._on_moved(msg, now)
+        elif kind is JobResult:
+            self._accept_result(msg)
+            self._send(msg.executor, ResultAck(msg.job_id, msg.attempt))
+        elif kind is ResultAck:
+            if msg.job_id in self.outbox and self.outbox[msg.job_id].result.attempt == msg.attempt:
+                del self.outbox[msg.job_id]
+                self._writes.append((layout.key(layout.OUTBOX, msg.job_id), None))
+        elif kind is CancelJob:
+            job_home = split_job_id(msg.job_id)[0]
+            if job_home == sender:  # only the home may cancel
+                self._drop_held(msg.job_id)
+        elif self.cluster is not None:
+            self._actions.extend(self.cluster.receive(sender, msg, now))
+
+    # --- stealing
+
+    def _maybe_steal(self, now: float) -> None:
+        for request_id, deadline in list(self.steals.items()):
+            if deadline <= now:
+                del self.steals[request_id]
+        if now < self.next_steal_at or len(self.steals) >= self.config.steals_in_flight_max:
+            return
+        self.next_steal_at = now + self.config.steal_interval_s
+        me = self.load
+        others = self.cluster.loads()
+        victim_id = balance.choose_victim(me, others, self.rng, self.cluster.balance_config)
+        if victim_id is None:
+            return
+        victim = next(p for p in others if p.peer_id == victim_id)
+        want = balance.steal_request_size(me, victim, self.cluster.balance_config)
+        if want <= 0:
+            return
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        self.steals[request_id] = now + self.config.steal_timeout_s
+        self._send(victim_id, StealRequest(request_id, self.peer_id, me.queued, me.running, me.slots, want))
+
+    def _on_steal_request(self, msg: StealRequest, now: float) -> None:
+        thief = balance.PeerLoad(msg.thief, msg.queued, msg.running, max(1, msg.slots))
+        give = balance.grant_size(self.load, thief, msg.want, self.cluster.balance_config)
+        give = min(give, self.config.handoff_batch_max)
+        # Give the youngest queued jobs: the oldest stay first in line here.
+        jobs = [job for _, job in zip(range(give), reversed(self.queue.values()))]
+        self._hand_off(msg.thief, jobs, request_id=msg.request_id, now=now)
+
+    def _hand_off(self, receiver: str, jobs: list[HeldJob], *, request_id: int, now: float) -> None:
+        transfer_id = self.next_request_id
+        self.next_request_id += 1
+        for job in jobs:
+            del self.queue[job.job_id]
+            job.lent = True
+        if jobs:
+            self.lends[transfer_id] = _Lend(receiver, jobs, now + self.config.handoff_timeout_s)
+        transfers = tuple(
+            JobTransfer(
+                job.job_id, job.home, job.spec.kind, job.spec.command, job.spec.sleep_ms,
+                job.spec.timeout_s, job.attempt, job.moves + 1, job.submitted_at,
+            )
+            for job in jobs
+        )
+        self._send(receiver, Handoff(transfer_id, self.peer_id, request_id, transfers))
+
+    def _on_handoff(self, msg: Handoff, now: float) -> None:
+        self.steals.pop(msg.request_id, None)
+        if not msg.jobs:
+            return
+        for t in msg.jobs:
+            if t.job_id in self.queue or t.job_id in self.running:
+                continue  # a duplicate transfer: we already hold it
+            record = self.records.get(t.job_id)
+            if record is not None and record.state.final:
+                continue  # it came home finished meanwhile: nothing to run
+            spec = JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s)
+            job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
+            self._hold(job, now, persist=True)
+            self.counters.steals_in += 1
+            self._report_location(job, now)
+        # Sent only after the batch above is durable: the sender may forget them then.
+        self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id))
+
+    def _on_handoff_ack(self, msg: HandoffAck, now: float) -> None:
+        lend = self.lends.pop(msg.transfer_id, None)
+        if lend is None or lend.receiver != msg.receiver:
+            return  # already reclaimed after a timeout: both copies may run
+        for job in lend.jobs:
+            self._writes.append((layout.key(layout.HELD, job.job_id), None))
+            self.counters.steals_out += 1
+
+    def _expire_lends(self, now: float) -> None:
+        for transfer_id, lend in list(self.lends.items()):
+            if lend.deadline <= now or not self.cluster.is_alive(lend.receiver):
+                del self.lends[transfer_id]
+                self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
+                for job in reversed(lend.jobs):
+                    job.lent = False
+                    self._hold(job, now, persist=False, front=True)
+
+    # --- where jobs are, results, re-issue
+
+    def _report_location(self, job: HeldJob, now: float) -> None:
+        if job.home == self.peer_id:
+            record = self.records.get(job.job_id)
+            if record is not None and not record.state.final:
+                self._move_record(record, job.attempt, job.moves, self.peer_id, job.running)
+        else:
+            self._send(job.home, JobMoved(job.job_id, job.attempt, job.moves, self.peer_id, job.running))
+
+    def _move_record(self, record: JobRecord, attempt: int, moves: int, executor: str, running: bool) -> None:
+        if (attempt, moves) < (record.attempt, record.moves):
+            return  # an older report overtaken by a newer one
+        record.apply(JobEvent.START if running else JobEvent.MOVE)
+        record.attempt, record.moves, record.executor = attempt, moves, executor
+        if executor == self.peer_id:
+            self.remote_open.discard(record.job_id)
+        else:
+            self.remote_open.add(record.job_id)
+        self._put_record(record)
+
+    def _on_moved(self, msg: JobMoved, now: float) -> None:
+        record = self.records.get(msg.job_id)
+        if record is None:
+            return
+        if record.state.final:
+            # The job is finished or cancelled: tell its holder to drop it.
+            self._send(msg.executor, CancelJob(msg.job_id))
+            return
+        self._move_record(record, msg.attempt, msg.moves, msg.executor, msg.running)
+
+    def _resend_results(self, now: float) -> None:
+        for out in self.outbox.values():
+            if out.next_send_at <= now:
+                self._send(out.home, out.result)
+                out.next_send_at = now + out.backoff_s
+                out.backoff_s = min(out.backoff_s * 2, self.config.result_retry_max_s)
+
+    def _maybe_reissue(self, now: float) -> None:
+        """Re-issue jobs whose executor has stayed dead past the grace period."""
+        if now < self.next_reissue_scan_at or not self.remote_open:
+            return
+        self.next_reissue_scan_at = now + min(1.0, self.config.reissue_grace_s / 4)
+        for job_id in list(self.remote_open):
+            record = self.records[job_id]
+            dead_for = self.cluster.dead_for(record.executor, now)
+            if dead_for is None or dead_for < self.config.reissue_grace_s:
+                continue
+            self._log(f"job {job_id}: executor {record.executor} dead for {dead_for:.1f}s; re-issued")
+            attempt = record.attempt + 1
+            record.apply(JobEvent.REQUEUE)
+            record.attempt = record.floor = attempt
+            record.moves = 0
+            record.executor = self.peer_id
+            self.remote_open.discard(job_id)
+            self.counters.reissued += 1
+            self._put_record(record)
+            self._hold(self._held_from_record(record, attempt), now, persist=True)
+
+    def _log(self, text: str) -> None:
+        self._actions.append(Log(text))
+
+
+def _result_dict(result: JobResult) -> dict:
+    return {name: getattr(result, name) for name in result.__dataclass_fields__}

@@ -1,0 +1,103 @@
+"""Messages between executors about jobs: steals, handoffs, locations, results.
+
+Frozen dataclasses registered with the one peer codec (`gossip.wire`), which
+checks every field's type on decode, so a misbehaving peer gets a protocol
+error and cannot corrupt state. The protocols they serve are written up in
+docs/cluster.md:
+
+* steal:   thief --StealRequest--> victim --Handoff--> thief --HandoffAck--> victim
+* push:    home  --Handoff--> lighter peer --HandoffAck--> home
+* where:   new holder --JobMoved--> home          (queued or running there)
+* result:  executor --JobResult--> home --ResultAck--> executor
+* cancel:  home --CancelJob--> executor
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gossip.wire import message
+
+
+@message("job")
+@dataclass(frozen=True, slots=True)
+class JobTransfer:
+    job_id: str
+    home: str
+    kind: str
+    command: str
+    sleep_ms: int
+    timeout_s: float | None
+    attempt: int
+    moves: int
+    submitted_at: float
+
+
+@message("steal")
+@dataclass(frozen=True, slots=True)
+class StealRequest:
+    request_id: int
+    thief: str
+    queued: int
+    running: int
+    slots: int
+    want: int
+
+
+@message("handoff")
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Jobs offered to the receiver. `request_id` names the steal it answers
+    (0 for a push). An empty handoff is a refusal."""
+
+    transfer_id: int
+    sender: str
+    request_id: int
+    jobs: tuple[JobTransfer, ...]
+
+
+@message("handoff-ack")
+@dataclass(frozen=True, slots=True)
+class HandoffAck:
+    """The receiver has made every job of the transfer durable."""
+
+    transfer_id: int
+    receiver: str
+
+
+@message("moved")
+@dataclass(frozen=True, slots=True)
+class JobMoved:
+    job_id: str
+    attempt: int
+    moves: int
+    executor: str
+    running: bool
+
+
+@message("result")
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job_id: str
+    attempt: int
+    executor: str
+    exit_code: int | None
+    reason: str | None
+    stdout: bytes
+    stderr: bytes
+    truncated: bool
+    started_at: float | None
+    finished_at: float
+
+
+@message("result-ack")
+@dataclass(frozen=True, slots=True)
+class ResultAck:
+    job_id: str
+    attempt: int
+
+
+@message("cancel")
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    job_id: str

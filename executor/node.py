@@ -1,0 +1,386 @@
+"""A real peer: the trio edge around `PeerCore`.
+
+The edge is thin on purpose (see docs/architecture.md). Its tasks:
+
+* the *core loop* — the only task that touches the core: it takes every event
+  waiting in the inbox (up to `commit_events_max`), feeds them to the core,
+  writes the core's writes in ONE synced LevelDB batch (in a worker thread, so
+  that clients keep being read meanwhile and the next batch fills up: group
+  commit), then carries out the actions;
+* a *ticker* that puts a `Tick` in the inbox every `tick_interval_s`;
+* per client connection, a reader (lines -> commands -> inbox) and a writer
+  (replies in request order, so clients may pipeline);
+* per job, a runner (`executor/runner.py`);
+* per peer, an outbound link writer and an inbound link reader
+  (`executor/links.py`).
+
+Nothing here decides anything: every decision is the core's.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from executor import protocol
+from executor.config import Config
+from executor.core import (
+    ClientClosed,
+    ClientRequest,
+    JobExited,
+    KillJob,
+    Log,
+    PeerCore,
+    Reply,
+    ReplyResult,
+    Send,
+    StartJob,
+    Tick,
+)
+from executor.runner import kill_orphan, run_job
+from gossip.wire import HELLO_PREFIX
+from storage import layout
+from storage.store import LevelStore, Store
+
+log = logging.getLogger("peerjobs")
+
+_RECEIVE_BYTES = 65536
+_HELLO_PEEK_BYTES_MAX = 256  # a peer's hello line is far shorter
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One reply a client is owed, in request order."""
+
+    data: bytes | None = None
+    close: bool = False
+
+
+@dataclass(eq=False)
+class _Client:
+    number: int
+    pending: collections.deque = field(default_factory=collections.deque)
+    ready: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    budget: trio.Semaphore | None = None
+    closed: bool = False
+
+
+class Node:
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        listen: tuple[str, int],
+        slots: int,
+        name: str,
+        config: Config,
+        seeds: list[str] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.host, self.port = listen
+        self.config = config
+        self.slots = slots
+        self.seeds = seeds or []
+        self.store = store if store is not None else LevelStore(data_dir)
+        snapshot = layout.start(self.store, name)
+        self.peer_id = snapshot.peer_id
+        self.incarnation = snapshot.incarnation
+        self._kill_orphans()
+        self.addr = f"{self.host}:{self.port}"
+        self.workdir = os.path.join(data_dir, "work")
+        os.makedirs(self.workdir, exist_ok=True)
+        now = time.time()
+        self.cluster = None
+        if self.seeds or snapshot.peers:
+            from executor.cluster import Cluster
+
+            self.cluster = Cluster(self.peer_id, self.addr, self.incarnation, config, random.Random(), now)
+        self.core = PeerCore(self.peer_id, config, slots, random.Random(), snapshot, now, cluster=self.cluster)
+        self.snapshot_counts = (len(snapshot.jobs), len(snapshot.held), len(snapshot.outbox))
+        self._known_peers = snapshot.peers
+        self.inbox_send, self.inbox = trio.open_memory_channel(config.inbox_events_max)
+        self.job_scopes: dict[str, trio.CancelScope] = {}
+        self.clients = 0
+        self._client_numbers = itertools.count(1)
+        self._tick_pending = False
+        self.links = None
+        self.listening = trio.Event()
+        self.bound_port: int | None = None
+
+    def _kill_orphans(self) -> None:
+        stale = list(self.store.scan(layout.PID))
+        for key, value in stale:
+            job_id = key[len(layout.PID):].decode()
+            if kill_orphan(int(layout.decode(value, "pid")), job_id, self.peer_id):
+                log.info("%s: killed the orphaned process of job %s from before the restart", self.peer_id, job_id)
+        self.store.write([(key, None) for key, _ in stale], sync=False)
+
+    def _spawned(self, job_id: str, pid: int) -> None:
+        self.store.write([(layout.key(layout.PID, job_id), layout.encode(pid))], sync=False)
+
+    # ------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+                self.bound_port = listeners[0].socket.getsockname()[1]
+                if self.cluster is not None:
+                    from executor.links import Links
+
+                    self.links = Links(self, nursery)
+                    self.core.handle_join(self.seeds, self._known_peers, time.time())
+                jobs, held, outbox = self.snapshot_counts
+                log.info(
+                    "%s: listening on %s:%d (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
+                    self.peer_id, self.host, self.bound_port, self.incarnation, self.slots, jobs, held, outbox,
+                )
+                nursery.start_soon(self._core_loop)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+                self.listening.set()
+                task_status.started(self.bound_port)
+        finally:
+            self.store.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.config.tick_interval_s)
+            if not self._tick_pending:
+                self._tick_pending = True
+                await self.inbox_send.send(Tick())
+
+    async def _core_loop(self) -> None:
+        core, inbox = self.core, self.inbox
+        while True:
+            event = await inbox.receive()
+            now = time.time()
+            count = 0
+            while True:
+                if type(event) is Tick:
+                    self._tick_pending = False
+                core.handle(event, now)
+                count += 1
+                if count >= self.config.commit_events_max:
+                    break
+                try:
+                    event = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            writes, actions = core.take()
+            if writes:
+                await trio.to_thread.run_sync(self._write, writes)
+            for action in actions:
+                self._execute(action)
+
+    def _write(self, writes) -> None:
+        self.store.write(writes, sync=True)
+
+    def _execute(self, action) -> None:
+        kind = type(action)
+        if kind is Reply:
+            self._deliver(action.token, action.data, action.close)
+        elif kind is StartJob:
+            self.nursery.start_soon(self._run_job, action)
+        elif kind is Send:
+            if self.links is not None:
+                self.links.send(action.peer_id, action.addr, action.message)
+        elif kind is ReplyResult:
+            raw = self.store.get(layout.key(layout.OUTPUT, action.job_id))
+            stdout, stderr = layout.decode(raw, "output") if raw is not None else (b"", b"")
+            self._deliver(action.token, action.header + stdout + stderr + b"\n", False)
+        elif kind is KillJob:
+            scope = self.job_scopes.get(action.job_id)
+            if scope is not None:
+                scope.cancel()
+        elif kind is Log:
+            log.info("%s: %s", self.peer_id, action.text)
+        elif self.cluster is not None:
+            self.cluster.execute(action, self)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _deliver(self, token, data: bytes, close: bool) -> None:
+        client, slot = token
+        slot.data = data
+        slot.close = close
+        client.ready.unpark_all()
+
+    async def _run_job(self, start: StartJob) -> None:
+        log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)
+        with trio.CancelScope() as scope:
+            self.job_scopes[start.job_id] = scope
+            try:
+                exited = await run_job(
+                    start,
+                    peer_id=self.peer_id,
+                    workdir=self.workdir,
+                    output_bytes_max=self.config.output_bytes_max,
+                    kill_grace_s=self.config.kill_grace_s,
+                    spawned=functools.partial(self._spawned, start.job_id),
+                )
+            finally:
+                if self.job_scopes.get(start.job_id) is scope:
+                    del self.job_scopes[start.job_id]
+                if start.spec.kind == "sh":
+                    self.store.write([(layout.key(layout.PID, start.job_id), None)], sync=False)
+        if scope.cancelled_caught:
+            exited = JobExited(start.job_id, start.attempt, None, "cancelled")
+        log.debug("%s: job %s attempt %d exited: code=%s reason=%s",
+                  self.peer_id, start.job_id, start.attempt, exited.exit_code, exited.reason)
+        await self.inbox_send.send(exited)
+
+    # ------------------------------------------------------------------
+    # Connections: a peer announces itself with a hello line; anything
+    # else is a client speaking the text protocol.
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self.clients >= self.config.client_connections_max:
+                with trio.move_on_after(self.config.client_idle_s):
+                    await stream.send_all(protocol.err(
+                        "too-many-connections",
+                        f"this peer serves at most {self.config.client_connections_max} connections",
+                    ))
+                return
+            self.clients += 1
+            try:
+                await self._serve_connection(stream)
+            finally:
+                self.clients -= 1
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        first = b""
+        with trio.move_on_after(self.config.client_idle_s):
+            while b"\n" not in first and len(first) < _HELLO_PEEK_BYTES_MAX:
+                chunk = await stream.receive_some(_RECEIVE_BYTES)
+                if not chunk:
+                    return
+                first += chunk
+                if not _may_be_hello(first):
+                    break
+        if first.startswith(HELLO_PREFIX):
+            if self.links is None:
+                await stream.send_all(protocol.err("not-clustered", "this peer is not in a cluster"))
+                return
+            await self.links.serve_inbound(stream, first)
+            return
+        await self._serve_client(stream, first)
+
+    async def _serve_client(self, stream: trio.SocketStream, first: bytes) -> None:
+        client = _Client(next(self._client_numbers))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._client_writer, stream, client, nursery.cancel_scope)
+                await self._client_reader(stream, client, first)
+                # The reader ended (EOF or QUIT): let the writer flush what is owed.
+                client.closed = True
+                client.ready.unpark_all()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.inbox_send.send(ClientClosed(client))
+
+    async def _client_reader(self, stream: trio.SocketStream, client: _Client, first: bytes) -> None:
+        cfg = self.config
+        splitter = protocol.LineSplitter(cfg.line_bytes_max)
+        budget = trio.Semaphore(cfg.client_pipeline_max)
+        client.budget = budget
+        data = first
+        while True:
+            for line in splitter.feed(data):
+                await budget.acquire()
+                slot = _Slot()
+                client.pending.append(slot)
+                if line is protocol.LineSplitter.TOO_LONG:
+                    slot.data = protocol.err("line-too-long", f"line longer than {cfg.line_bytes_max} bytes; dropped")
+                    client.ready.unpark_all()
+                    continue
+                try:
+                    command = protocol.parse_command(
+                        line,
+                        command_bytes_max=cfg.command_bytes_max,
+                        timeout_max_s=cfg.job_timeout_max_s,
+                        wait_max_s=cfg.wait_max_s,
+                        list_max=cfg.list_max,
+                    )
+                except protocol.ClientError as exc:
+                    slot.data = exc.reply()
+                    client.ready.unpark_all()
+                    continue
+                await self.inbox_send.send(ClientRequest((client, slot), command))
+                if type(command) is protocol.Quit:
+                    return
+                if type(command) is protocol.Wait:
+                    # Commands after a WAIT see the world after it, as a
+                    # script piped into nc expects; the reply order alone
+                    # would not give that.
+                    while slot.data is None:
+                        await client.ready.park()
+            data = b""
+            with trio.move_on_after(cfg.client_idle_s) as idle:
+                data = await stream.receive_some(_RECEIVE_BYTES)
+            if idle.cancelled_caught:
+                if client.pending:
+                    continue  # a WAIT is outstanding: the client is not idle
+                slot = _Slot(protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing"), True)
+                client.pending.append(slot)
+                client.ready.unpark_all()
+                return
+            if not data:
+                return
+
+    async def _client_writer(self, stream: trio.SocketStream, client: _Client, scope: trio.CancelScope) -> None:
+        pending = client.pending
+        try:
+            while True:
+                while not (pending and pending[0].data is not None):
+                    if client.closed and not pending:
+                        return
+                    await client.ready.park()
+                out = []
+                close = False
+                while pending and pending[0].data is not None:
+                    slot = pending.popleft()
+                    out.append(slot.data)
+                    client.budget.release()
+                    if slot.close:
+                        close = True
+                        break
+                await stream.send_all(b"".join(out))
+                if close:
+                    scope.cancel()
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()
+
+
+def _may_be_hello(first: bytes) -> bool:
+    n = min(len(first), len(HELLO_PREFIX))
+    return first[:n] == HELLO_PREFIX[:n]
+
+
+async def serve_forever(node: Node) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("%s: %s received; stopping (running jobs will run again after restart)",
+                             node.peer_id, signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)

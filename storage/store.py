@@ -1,0 +1,144 @@
+"""The durable key-value store a peer keeps its state in.
+
+Two implementations share one small interface:
+
+* `LevelStore` — LevelDB through plyvel, for real peers.
+* `MemoryStore` — a dict with LevelDB's crash semantics, for tests and the
+  deterministic simulation: a write is *durable* only once a batch carrying it
+  was written with ``sync=True``; `crash()` throws away everything written since
+  the last synced batch, exactly what a power cut does to LevelDB's unsynced
+  log tail.
+
+The interface is deliberately tiny — atomic batches, point reads and prefix
+scans — because every decision about *what* to write lives in the sans-IO cores
+(see `executor/core.py`); this layer only makes bytes durable.
+
+Keys and values are bytes. Values that are structured are CBOR (see
+`storage/records.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+Write = tuple[bytes, bytes | None]
+"""One write of a batch: (key, value), a value of None deletes the key."""
+
+
+class StoreError(Exception):
+    """An operating error of the store; the message is one line for a person."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the data directory's lock."""
+
+
+class StoreCorrupt(StoreError):
+    """LevelDB found corruption; `peerjobs repair` may recover the data."""
+
+
+class Store(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def write(self, writes: Iterable[Write], *, sync: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A store in memory whose `crash()` loses every unsynced write.
+
+    Writes are applied to `_live` at once (so reads see them, as LevelDB's
+    memtable does) and to `_durable` only when a synced batch lands. A synced
+    batch also makes every earlier unsynced write durable, as LevelDB's single
+    log does: an fsync flushes the whole log up to that point.
+    """
+
+    def __init__(self) -> None:
+        self._durable: dict[bytes, bytes] = {}
+        self._live: dict[bytes, bytes] = {}
+        self.synced_batches = 0
+        self.closed = False
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._live.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self._live if k.startswith(prefix)):
+            yield key, self._live[key]
+
+    def write(self, writes: Iterable[Write], *, sync: bool) -> None:
+        assert not self.closed, "write to a closed store"
+        for key, value in writes:
+            if value is None:
+                self._live.pop(key, None)
+            else:
+                self._live[key] = value
+        if sync:
+            self._durable = dict(self._live)
+            self.synced_batches += 1
+
+    def crash(self) -> None:
+        """Forget everything not yet synced, as a power cut would."""
+        self._live = dict(self._durable)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def reopen(self) -> MemoryStore:
+        """The same durable contents, as a restarted process would see them."""
+        self.crash()
+        return self
+
+
+class LevelStore:
+    """LevelDB through plyvel. Opening fails with a one-line `StoreError`."""
+
+    def __init__(self, path: str) -> None:
+        import plyvel  # imported here so that the sans-IO layers never load it
+
+        self._plyvel = plyvel
+        os.makedirs(path, exist_ok=True)
+        try:
+            self._db = plyvel.DB(os.path.join(path, "leveldb"), create_if_missing=True)
+        except plyvel.IOError as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLocked(
+                    f"data directory {path} is in use by another peerjobs process "
+                    f"(LevelDB lock held)"
+                ) from None
+            raise StoreError(f"cannot open data directory {path}: {exc}") from None
+        except plyvel.CorruptionError as exc:
+            raise StoreCorrupt(
+                f"data directory {path} is corrupt ({exc}); "
+                f"run `peerjobs repair --data {path}` to recover what can be recovered"
+            ) from None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        yield from self._db.iterator(prefix=prefix)
+
+    def write(self, writes: Iterable[Write], *, sync: bool) -> None:
+        with self._db.write_batch(sync=sync) as batch:
+            for key, value in writes:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def repair(path: str) -> None:
+    """Run LevelDB's repair on a data directory (see `peerjobs repair`)."""
+    import plyvel
+
+    plyvel.repair_db(os.path.join(path, "leveldb"))
