@@ -286,7 +286,6 @@ class Handoff:
     victim: str
     thief: str
     ids: list[int]
-    carried_thief: PeerLoad
     grant_index: int  # Position in the order the victims granted (step 3).
 
 
@@ -306,7 +305,6 @@ class Cluster:
     config: BalanceConfig
     rng: random.Random
     previous_snapshot: dict[str, PeerLoad] | None = None
-    moves: int = 0
     duplicates_seen: int = 0
 
     @classmethod
@@ -374,6 +372,9 @@ class Cluster:
         for thief_id, victim_id, carried, size in requests:
             victim = self.peers[victim_id]
             vload = victim.load()
+            # The potential argument needs the thief to be no heavier than its request
+            # said: it has one request outstanding and nothing arrives before step 4.
+            assert self.peers[thief_id].load().jobs <= carried.jobs
             k = grant_size(vload, carried, size, self.config)
             assert 0 <= k <= min(size, vload.queued, self.config.steal_batch_max)
             if k == 0:
@@ -383,7 +384,7 @@ class Cluster:
             after = victim.load()
             # The victim never drops below the thief (as the request described it).
             assert Fraction(after.jobs, after.slots) >= Fraction(carried.jobs + k, carried.slots)
-            in_flight.append(Handoff(victim_id, thief_id, ids, carried, len(in_flight)))
+            in_flight.append(Handoff(victim_id, thief_id, ids, len(in_flight)))
             self.check_safety(in_flight)
 
         # Step 4: delivery.
@@ -431,7 +432,6 @@ class Cluster:
             phi = new_phi
         assert replay == self.jobs_slots()
         moved = sum(len(h.ids) for h in succeeded)
-        self.moves += len(succeeded)
         return moved
 
     def at_fixed_point(self) -> bool:
@@ -460,7 +460,7 @@ def round_bound(cluster: Cluster) -> int:
     slots_total = sum(s for _, s in js.values())
     slots_max = max(s for _, s in js.values())
     phi_gap = potential(js) - Fraction(jobs_total * jobs_total, slots_total)
-    return int(2 * phi_gap * slots_max / 2) + 1
+    return math.floor(phi_gap * slots_max) + 1
 
 
 def fast_bound(cluster: Cluster) -> int:

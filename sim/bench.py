@@ -1,0 +1,221 @@
+"""Benchmarks against real peer processes on loopback (not tests: figures).
+
+    python -m sim.bench submit [--clients 16] [--in-flight 32] [--seconds 5]
+    python -m sim.bench throughput [--jobs 5000]
+
+`submit` measures durable SUBMIT acks per second and ack latency from many
+concurrent clients, each keeping `--in-flight` submissions outstanding on one
+pipelined connection, for both the pipelined and the one-at-a-time case.
+`throughput` measures end to end: N zero-millisecond sleep jobs submitted,
+run and finished, from the first submit to the last job done.
+
+The load generator is one trio process, so that the measurement costs the
+machine as little as possible; the peer is a separate `peerjobs node`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import trio
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def peer_processes(count: int, *, slots: int = 1, extra: tuple = ()):
+    """Start `count` peers joined into one cluster; always stopped."""
+    tmp = tempfile.mkdtemp(prefix="peerjobs-bench-")
+    procs, addrs = [], []
+    try:
+        ports = [free_port() for _ in range(count)]
+        for i, port in enumerate(ports):
+            addr = f"127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "executor.cli", "node", "--data", os.path.join(tmp, f"p{i + 1}"),
+                   "--listen", addr, "--name", f"p{i + 1}", "--slots", str(slots), *extra]
+            if i > 0:
+                cmd += ["--join", addrs[0]]
+            log = open(os.path.join(tmp, f"p{i + 1}.log"), "wb")
+            procs.append(subprocess.Popen(cmd, cwd=_ROOT, stdout=log, stderr=log))
+            addrs.append(addr)
+            _wait_listening(port, procs[-1])
+        yield addrs, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("peer exited during start-up")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("peer did not start listening")
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def line(self) -> bytes:
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                out = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                return out
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("peer closed")
+            self.buf += data
+
+
+async def _submitter(addr: str, count: int, in_flight: int, job: bytes, latencies: list, ids: list) -> None:
+    host, port = addr.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = _Conn(stream)
+    sent_at: list[float] = []
+    send_lock = trio.Semaphore(in_flight)
+
+    async def writer() -> None:
+        for _ in range(count):
+            await send_lock.acquire()
+            sent_at.append(time.perf_counter())
+            await stream.send_all(job)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        for i in range(count):
+            reply = await conn.line()
+            latencies.append(time.perf_counter() - sent_at[i])
+            if not reply.startswith(b"OK "):
+                raise RuntimeError(f"submit failed: {reply!r}")
+            ids.append(reply[3:].decode())
+            send_lock.release()
+    await stream.aclose()
+
+
+async def _submit_load(addrs: list[str], clients: int, per_client: int, in_flight: int, job: bytes):
+    latencies: list[float] = []
+    ids: list[str] = []
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for k in range(clients):
+            nursery.start_soon(_submitter, addrs[k % len(addrs)], per_client, in_flight, job, latencies, ids)
+    elapsed = time.perf_counter() - start
+    return elapsed, latencies, ids
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def _wait_all(addr: str, ids: list[str], connections: int = 8) -> None:
+    host, port = addr.rsplit(":", 1)
+
+    async def waiter(chunk: list[str]) -> None:
+        stream = await trio.open_tcp_stream(host, int(port))
+        conn = _Conn(stream)
+        for job_id in chunk:
+            await stream.send_all(f"WAIT {job_id} 600\n".encode())
+            reply = await conn.line()
+            if b" done " not in reply:
+                raise RuntimeError(f"job {job_id} did not finish: {reply!r}")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for k in range(connections):
+            nursery.start_soon(waiter, ids[k::connections])
+
+
+def bench_submit(args) -> dict:
+    out = {}
+    job = f"{args.sleep_ms}\n".encode()
+    with peer_processes(1, slots=args.slots) as (addrs, _):
+        for label, in_flight in (("pipelined", args.in_flight), ("one_in_flight", 1)):
+            per_client = max(1, int(args.target_per_s * args.seconds / args.clients)) if in_flight > 1 else \
+                max(1, int(args.target_per_s / 2 * args.seconds / args.clients))
+            elapsed, lat, ids = trio.run(_submit_load, addrs, args.clients, per_client, in_flight, job)
+            out[label] = {
+                "clients": args.clients, "in_flight": in_flight, "acks": len(ids),
+                "acks_per_s": round(len(ids) / elapsed), "p50_ms": round(_pct(lat, 0.5) * 1000, 3),
+                "p99_ms": round(_pct(lat, 0.99) * 1000, 3), "seconds": round(elapsed, 2),
+            }
+            print(f"{label:14s} {args.clients} clients x {in_flight:2d} in flight: {len(ids)} acks in {elapsed:.2f}s "
+                  f"= {len(ids) / elapsed:,.0f}/s   ack p50 {_pct(lat, .5) * 1000:.2f} ms  p99 {_pct(lat, .99) * 1000:.2f} ms",
+                  flush=True)
+    return out
+
+
+def bench_throughput(args) -> dict:
+    with peer_processes(args.peers, slots=args.slots) as (addrs, _):
+        async def run():
+            start = time.perf_counter()
+            _, _, ids = await _submit_load(addrs[:1], 8, args.jobs // 8, 32, b"0\n")
+            await _wait_all(addrs[0], ids)
+            return time.perf_counter() - start, ids
+
+        elapsed, ids = trio.run(run)
+    rate = len(ids) / elapsed
+    print(f"throughput: {len(ids)} zero-ms sleep jobs on {args.peers} peer(s), submitted to one: "
+          f"{elapsed:.2f}s = {rate:,.0f} jobs/s end to end", flush=True)
+    return {"jobs": len(ids), "peers": args.peers, "seconds": round(elapsed, 2), "jobs_per_s": round(rate)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.bench")
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("submit", help="durable SUBMIT acks/s and ack latency against one peer")
+    s.add_argument("--clients", type=int, default=16)
+    s.add_argument("--in-flight", type=int, default=32)
+    s.add_argument("--seconds", type=float, default=3.0, help="roughly how long each phase runs")
+    s.add_argument("--target-per-s", type=int, default=12000, help="sizes the phases; not a rate limit")
+    s.add_argument("--sleep-ms", type=int, default=0, help="the benchmark job: sleep this long in the peer")
+    s.add_argument("--slots", type=int, default=2)
+    t = sub.add_parser("throughput", help="end-to-end jobs/s of zero-ms sleep jobs")
+    t.add_argument("--jobs", type=int, default=5000)
+    t.add_argument("--peers", type=int, default=1)
+    t.add_argument("--slots", type=int, default=2)
+    for p in (s, t):
+        p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    args = parser.parse_args(argv)
+    result = bench_submit(args) if args.what == "submit" else bench_throughput(args)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
