@@ -44,6 +44,7 @@ from typing import Any
 
 from executor import balance
 from executor.config import Config
+from gossip import membership as gossip
 from executor.jobs import HeldJob, JobEvent, JobRecord, JobState
 from executor.messages import (
     CancelJob,
@@ -246,6 +247,7 @@ class PeerCore:
         self.next_reissue_scan_at = now
         self._writes: list[Write] = []
         self._actions: list[Action] = []
+        self._now = now
         self._restore(snapshot, now)
 
     # ------------------------------------------------------------------
@@ -260,6 +262,7 @@ class PeerCore:
         return writes, actions
 
     def handle(self, event: Event, now: float) -> None:
+        self._now = now
         kind = type(event)
         if kind is ClientRequest:
             self._on_client(event.token, event.command, now)
@@ -271,12 +274,35 @@ class PeerCore:
             self._on_peer_message(event.sender, event.message, now)
         elif kind is PeerUnreachable:
             if self.cluster is not None:
-                self._actions.extend(self.cluster.unreachable(event.peer_id, now))
+                self._absorb(self.cluster.unreachable(event.peer_id, now), now)
         elif kind is ClientClosed:
             self._drop_waiters(event.connection)
         else:
             raise TypeError(f"unknown event {event!r}")
         self._dispatch(now)
+
+    def handle_join(self, seeds: list[str], known: dict[str, str], now: float) -> None:
+        """Start membership: contact the seeds and the peers known before a restart."""
+        self._absorb(self.cluster.join(seeds, known, now), now)
+
+    def _absorb(self, actions: list, now: float) -> None:
+        """Carry membership's actions into ours (sends) and our store."""
+        for action in actions:
+            kind = type(action)
+            if kind is gossip.Send:
+                self._actions.append(Send(action.to_id, action.to_addr, action.msg))
+            elif kind is gossip.PersistIncarnation:
+                # In this batch, so synced before any send that carries it.
+                self._writes.append((layout.META_INCARNATION, layout.encode(action.incarnation)))
+            elif kind is gossip.MemberChanged:
+                member = action.member
+                self.cluster.note_state(member.id, member.state, now)
+                self._writes.append((layout.key(layout.PEER, member.id), layout.encode(member.addr)))
+                before = action.previous.state.value if action.previous is not None else "unknown"
+                self._log(f"peer {member.id} at {member.addr}: {before} -> {member.state.value} "
+                          f"(incarnation {member.incarnation})")
+            elif kind is gossip.MemberForgotten:
+                self._writes.append((layout.key(layout.PEER, action.peer_id), None))
 
     @property
     def load(self) -> balance.PeerLoad:
@@ -384,8 +410,8 @@ class PeerCore:
         self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
         self._hold(self._held_from_record(record, 1), now, persist=True)
         self._reply(token, ok(job_id))
-        if self.cluster is not None:
-            target = self.cluster.push_target(self.load, now)
+        if self.cluster is not None and job_id in self.queue:
+            target = self.cluster.push_target(self.load)
             if target is not None:
                 self._hand_off(target, [self.queue[job_id]], request_id=0, now=now)
 
@@ -571,7 +597,7 @@ class PeerCore:
         if self.cluster is None:
             return
         self.cluster.set_local_load(self.load)
-        self._actions.extend(self.cluster.tick(now))
+        self._absorb(self.cluster.tick(now), now)
         self._resend_results(now)
         self._expire_lends(now)
         self._maybe_steal(now)
@@ -595,6 +621,11 @@ class PeerCore:
     # The cluster: messages between peers
 
     def _send(self, peer_id: str, msg: Any) -> None:
+        if peer_id == self.peer_id:
+            # Talking to ourselves (e.g. a result whose home is here after all):
+            # handled now, in this batch, as if it had come back over a link.
+            self._on_peer_message(self.peer_id, msg, self._now)
+            return
         addr = self.cluster.address_of(peer_id) if self.cluster is not None else None
         if addr is None:
             return  # unknown peer: the retry timers try again once it is known
@@ -622,7 +653,7 @@ class PeerCore:
             if job_home == sender:  # only the home may cancel
                 self._drop_held(msg.job_id)
         elif self.cluster is not None:
-            self._actions.extend(self.cluster.receive(sender, msg, now))
+            self._absorb(self.cluster.receive(sender, msg, now), now)
 
     # --- stealing
 
@@ -634,21 +665,20 @@ class PeerCore:
             return
         self.next_steal_at = now + self.config.steal_interval_s
         me = self.load
-        others = self.cluster.loads()
-        victim_id = balance.choose_victim(me, others, self.rng, self.cluster.balance_config)
-        if victim_id is None:
+        victim = self.cluster.victim(me)
+        if victim is None:
             return
-        victim = next(p for p in others if p.peer_id == victim_id)
         want = balance.steal_request_size(me, victim, self.cluster.balance_config)
         if want <= 0:
             return
         request_id = self.next_request_id
         self.next_request_id += 1
         self.steals[request_id] = now + self.config.steal_timeout_s
-        self._send(victim_id, StealRequest(request_id, self.peer_id, me.queued, me.running, me.slots, want))
+        self._send(victim.peer_id, StealRequest(request_id, self.peer_id, me.queued, me.running, me.slots, want))
 
     def _on_steal_request(self, msg: StealRequest, now: float) -> None:
-        thief = balance.PeerLoad(msg.thief, msg.queued, msg.running, max(1, msg.slots))
+        thief = balance.PeerLoad(msg.thief, max(0, msg.queued), max(0, msg.running), max(1, msg.slots))
+        self.cluster.observed(thief)
         give = balance.grant_size(self.load, thief, msg.want, self.cluster.balance_config)
         give = min(give, self.config.handoff_batch_max)
         # Give the youngest queued jobs: the oldest stay first in line here.
@@ -663,6 +693,7 @@ class PeerCore:
             job.lent = True
         if jobs:
             self.lends[transfer_id] = _Lend(receiver, jobs, now + self.config.handoff_timeout_s)
+            self.cluster.moved(receiver, len(jobs))
         transfers = tuple(
             JobTransfer(
                 job.job_id, job.home, job.spec.kind, job.spec.command, job.spec.sleep_ms,
@@ -687,6 +718,7 @@ class PeerCore:
             self._hold(job, now, persist=True)
             self.counters.steals_in += 1
             self._report_location(job, now)
+        self.cluster.moved(msg.sender, -len(msg.jobs))
         # Sent only after the batch above is durable: the sender may forget them then.
         self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id))
 

@@ -46,15 +46,17 @@ from executor.core import (
     StartJob,
     Tick,
 )
+from executor.cluster import Cluster
+from executor.links import Links
 from executor.runner import kill_orphan, run_job
-from gossip.wire import HELLO_PREFIX
+from gossip.wire import HELLO_LINE_BYTES_MAX, HELLO_PREFIX
 from storage import layout
 from storage.store import LevelStore, Store
 
 log = logging.getLogger("peerjobs")
 
 _RECEIVE_BYTES = 65536
-_HELLO_PEEK_BYTES_MAX = 256  # a peer's hello line is far shorter
+_IMMEDIATE = (StartJob, KillJob, Log)
 
 
 @dataclass(eq=False)
@@ -96,23 +98,21 @@ class Node:
         self.peer_id = snapshot.peer_id
         self.incarnation = snapshot.incarnation
         self._kill_orphans()
-        self.addr = f"{self.host}:{self.port}"
         self.workdir = os.path.join(data_dir, "work")
         os.makedirs(self.workdir, exist_ok=True)
-        now = time.time()
-        self.cluster = None
-        if self.seeds or snapshot.peers:
-            from executor.cluster import Cluster
-
-            self.cluster = Cluster(self.peer_id, self.addr, self.incarnation, config, random.Random(), now)
-        self.core = PeerCore(self.peer_id, config, slots, random.Random(), snapshot, now, cluster=self.cluster)
-        self.snapshot_counts = (len(snapshot.jobs), len(snapshot.held), len(snapshot.outbox))
-        self._known_peers = snapshot.peers
+        self.snapshot = snapshot
+        self.addr = f"{self.host}:{self.port}"
+        self.core: PeerCore | None = None  # made in run(), once the port is bound
         self.inbox_send, self.inbox = trio.open_memory_channel(config.inbox_events_max)
         self.job_scopes: dict[str, trio.CancelScope] = {}
         self.clients = 0
         self._client_numbers = itertools.count(1)
         self._tick_pending = False
+        self._pending_writes: list = []
+        self._pending_actions: list = []
+        self._doorbell, doorbell_recv = trio.open_memory_channel(1)
+        self._doorbell_recv = doorbell_recv
+        self._committed = trio.lowlevel.ParkingLot()
         self.links = None
         self.listening = trio.Event()
         self.bound_port: int | None = None
@@ -136,16 +136,20 @@ class Node:
                 self.nursery = nursery
                 listeners = await trio.open_tcp_listeners(self.port, host=self.host)
                 self.bound_port = listeners[0].socket.getsockname()[1]
-                if self.cluster is not None:
-                    from executor.links import Links
-
-                    self.links = Links(self, nursery)
-                    self.core.handle_join(self.seeds, self._known_peers, time.time())
-                jobs, held, outbox = self.snapshot_counts
+                self.addr = f"{self.host}:{self.bound_port}"
+                now = time.time()
+                snap = self.snapshot
+                cluster = Cluster(self.peer_id, self.addr, self.incarnation, self.config, random.Random(), now)
+                self.core = PeerCore(self.peer_id, self.config, self.slots, random.Random(), snap, now, cluster=cluster)
+                self.links = Links(self, nursery)
+                self.core.handle_join(self.seeds, snap.peers, now)
+                jobs, held, outbox = len(snap.jobs), len(snap.held), len(snap.outbox)
+                self.snapshot = None  # recovered: let it go
                 log.info(
                     "%s: listening on %s:%d (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
                     self.peer_id, self.host, self.bound_port, self.incarnation, self.slots, jobs, held, outbox,
                 )
+                nursery.start_soon(self._committer, self._doorbell_recv)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(trio.serve_listeners, self._serve, listeners)
@@ -162,6 +166,14 @@ class Node:
                 await self.inbox_send.send(Tick())
 
     async def _core_loop(self) -> None:
+        """Feed events to the core; hand its output to the committer.
+
+        Starting and killing jobs is carried out at once: a job that runs
+        before its record is durable can at worst run for nobody (its SUBMIT
+        was never acknowledged) or run again after a crash (at-least-once),
+        and not waiting for the disk there keeps short jobs flowing. Everything
+        that tells the outside world something waits for the committer.
+        """
         core, inbox = self.core, self.inbox
         while True:
             event = await inbox.receive()
@@ -179,8 +191,32 @@ class Node:
                 except trio.WouldBlock:
                     break
             writes, actions = core.take()
+            for action in actions:
+                if type(action) in _IMMEDIATE:
+                    self._execute(action)
+                else:
+                    self._pending_actions.append(action)
+            self._pending_writes += writes
+            try:
+                self._doorbell.send_nowait(None)
+            except trio.WouldBlock:
+                pass  # the committer will take this batch along with the last
+            while len(self._pending_writes) >= self.config.commit_writes_max:
+                await self._committed.park()  # backpressure: the disk is behind
+
+    async def _committer(self, doorbell_recv) -> None:
+        """Write everything pending in one synced batch, then carry out the
+        actions that waited for it. While the disk syncs, the core goes on
+        and the next batch fills up (group commit, pipelined)."""
+        async for _ in doorbell_recv:
+            writes, actions = self._pending_writes, self._pending_actions
+            self._pending_writes, self._pending_actions = [], []
+            self._committed.unpark_all()
             if writes:
-                await trio.to_thread.run_sync(self._write, writes)
+                if len(writes) <= self.config.commit_inline_writes_max:
+                    self._write(writes)
+                else:
+                    await trio.to_thread.run_sync(self._write, writes)
             for action in actions:
                 self._execute(action)
 
@@ -194,8 +230,7 @@ class Node:
         elif kind is StartJob:
             self.nursery.start_soon(self._run_job, action)
         elif kind is Send:
-            if self.links is not None:
-                self.links.send(action.peer_id, action.addr, action.message)
+            self.links.send(action.peer_id, action.addr, action.message)
         elif kind is ReplyResult:
             raw = self.store.get(layout.key(layout.OUTPUT, action.job_id))
             stdout, stderr = layout.decode(raw, "output") if raw is not None else (b"", b"")
@@ -206,8 +241,6 @@ class Node:
                 scope.cancel()
         elif kind is Log:
             log.info("%s: %s", self.peer_id, action.text)
-        elif self.cluster is not None:
-            self.cluster.execute(action, self)
         else:
             raise TypeError(f"unknown action {action!r}")
 
@@ -263,7 +296,7 @@ class Node:
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         first = b""
         with trio.move_on_after(self.config.client_idle_s):
-            while b"\n" not in first and len(first) < _HELLO_PEEK_BYTES_MAX:
+            while b"\n" not in first and len(first) < HELLO_LINE_BYTES_MAX:
                 chunk = await stream.receive_some(_RECEIVE_BYTES)
                 if not chunk:
                     return
@@ -271,9 +304,6 @@ class Node:
                 if not _may_be_hello(first):
                     break
         if first.startswith(HELLO_PREFIX):
-            if self.links is None:
-                await stream.send_all(protocol.err("not-clustered", "this peer is not in a cluster"))
-                return
             await self.links.serve_inbound(stream, first)
             return
         await self._serve_client(stream, first)

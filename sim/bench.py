@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     s.add_argument("--in-flight", type=int, default=32)
     s.add_argument("--seconds", type=float, default=3.0, help="roughly how long each phase runs")
     s.add_argument("--target-per-s", type=int, default=12000, help="sizes the phases; not a rate limit")
-    s.add_argument("--sleep-ms", type=int, default=0, help="the benchmark job: sleep this long in the peer")
+    s.add_argument("--sleep-ms", type=int, default=600000,
+                   help="the benchmark job: sleep this long in the peer (default: long, so that the jobs queue and the figure is the submit path alone; 0 measures submits racing job completions)")
     s.add_argument("--slots", type=int, default=2)
     t = sub.add_parser("throughput", help="end-to-end jobs/s of zero-ms sleep jobs")
     t.add_argument("--jobs", type=int, default=5000)
