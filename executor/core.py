@@ -242,6 +242,7 @@ class PeerCore:
         self.outbox: dict[str, _Outgoing] = {}
         self.remote_open: set[str] = set()  # home records whose job is at another peer
         self.steals: dict[int, float] = {}  # request id -> deadline
+        self._pushes: dict[str, list[HeldJob]] = {}  # receiver -> jobs to push at take()
         self.next_request_id = 1
         self.next_steal_at = now
         self.next_reissue_scan_at = now
@@ -255,6 +256,10 @@ class PeerCore:
 
     def take(self) -> tuple[list[Write], list[Action]]:
         """Writes to make durable (one synced batch), then actions to carry out."""
+        for target, jobs in self._pushes.items():
+            for start in range(0, len(jobs), self.config.handoff_batch_max):
+                self._lend(target, jobs[start : start + self.config.handoff_batch_max], 0, self._now)
+        self._pushes.clear()
         writes, actions = self._writes, self._actions
         self._writes, self._actions = [], []
         if writes:
@@ -413,7 +418,9 @@ class PeerCore:
         if self.cluster is not None and job_id in self.queue:
             target = self.cluster.push_target(self.load)
             if target is not None:
-                self._hand_off(target, [self.queue[job_id]], request_id=0, now=now)
+                # Pushed at the end of the batch, all jobs for one peer in one handoff.
+                self._pushes.setdefault(target, []).append(self.queue.pop(job_id))
+                self.cluster.moved(target, 1)
 
     def _result(self, token: Any, record: JobRecord) -> None:
         if not record.state.final:
@@ -681,19 +688,22 @@ class PeerCore:
         self.cluster.observed(thief)
         give = balance.grant_size(self.load, thief, msg.want, self.cluster.balance_config)
         give = min(give, self.config.handoff_batch_max)
-        # Give the youngest queued jobs: the oldest stay first in line here.
-        jobs = [job for _, job in zip(range(give), reversed(self.queue.values()))]
-        self._hand_off(msg.thief, jobs, request_id=msg.request_id, now=now)
-
-    def _hand_off(self, receiver: str, jobs: list[HeldJob], *, request_id: int, now: float) -> None:
-        transfer_id = self.next_request_id
-        self.next_request_id += 1
+        # Give the oldest queued jobs: the thief has a free slot now, so they
+        # start sooner there than here, which keeps the cluster close to one
+        # global first-in, first-out order.
+        jobs = [job for _, job in zip(range(give), self.queue.values())]
         for job in jobs:
             del self.queue[job.job_id]
-            job.lent = True
+        self.cluster.moved(msg.thief, len(jobs))
+        self._lend(msg.thief, jobs, msg.request_id, now)
+
+    def _lend(self, receiver: str, jobs: list[HeldJob], request_id: int, now: float) -> None:
+        """Offer `jobs` (already out of the queue) to `receiver`; they stay
+        held here, durable, until it acks (docs/cluster.md, handoff)."""
+        transfer_id = self.next_request_id
+        self.next_request_id += 1
         if jobs:
             self.lends[transfer_id] = _Lend(receiver, jobs, now + self.config.handoff_timeout_s)
-            self.cluster.moved(receiver, len(jobs))
         transfers = tuple(
             JobTransfer(
                 job.job_id, job.home, job.spec.kind, job.spec.command, job.spec.sleep_ms,
@@ -736,7 +746,6 @@ class PeerCore:
                 del self.lends[transfer_id]
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):
-                    job.lent = False
                     self._hold(job, now, persist=False, front=True)
 
     # --- where jobs are, results, re-issue

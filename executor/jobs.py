@@ -147,7 +147,6 @@ class HeldJob:
     moves: int
     submitted_at: float
     running: bool = False
-    lent: bool = False  # offered to a thief, waiting for its ack
     started_at: float | None = field(default=None)
 
     def to_wire(self) -> dict:

@@ -189,7 +189,13 @@ class Node:
                 try:
                     event = inbox.receive_nowait()
                 except trio.WouldBlock:
-                    break
+                    # Let the readers that are ready add their lines to this
+                    # batch before it is cut: one fsync for all of them.
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        event = inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
             writes, actions = core.take()
             for action in actions:
                 if type(action) in _IMMEDIATE:

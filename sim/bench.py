@@ -194,6 +194,98 @@ def bench_throughput(args) -> dict:
     return {"jobs": len(ids), "peers": args.peers, "seconds": round(elapsed, 2), "jobs_per_s": round(rate)}
 
 
+async def _self_load(addr: str) -> tuple[int, int] | None:
+    """(queued, running) from the peer's own PEERS line, or None if it is down."""
+    host, port = addr.rsplit(":", 1)
+    try:
+        with trio.fail_after(1):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                conn = _Conn(stream)
+                await stream.send_all(b"PEERS\n")
+                count = int((await conn.line()).split()[1])
+                for _ in range(count):
+                    line = (await conn.line()).decode()
+                    if line.endswith(" self"):
+                        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                        return int(fields["queued"]), int(fields["running"])
+    except (OSError, trio.TooSlowError, ConnectionError, ValueError):
+        return None
+    return None
+
+
+async def _sample_loads(addrs: list[str], interval_s: float, samples: list, stop: trio.Event) -> None:
+    """Every `interval_s`, each peer's queued + running, for imbalance over time."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        loads = [await _self_load(a) for a in addrs]
+        samples.append((t, [None if x is None else x[0] + x[1] for x in loads]))
+        with trio.move_on_after(interval_s):
+            await stop.wait()
+
+
+def imbalance(samples: list) -> tuple[float, float]:
+    """Time-averaged and p99 max − min of load across the peers that answered."""
+    spreads, weights = [], []
+    for (t, loads), (t_next, _) in zip(samples, samples[1:]):
+        live = [x for x in loads if x is not None]
+        if len(live) >= 2:
+            spreads.append(max(live) - min(live))
+            weights.append(t_next - t)
+    if not spreads:
+        return float("nan"), float("nan")
+    return sum(s * w for s, w in zip(spreads, weights)) / sum(weights), _pct(spreads, 0.99)
+
+
+async def _makespan(addrs: list[str], lines: list[bytes], sample_s: float) -> tuple[float, list, list[str]]:
+    samples: list = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sample_loads, addrs, sample_s, samples, stop)
+        start = time.perf_counter()
+        host, port = addrs[0].rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        conn = _Conn(stream)
+        await stream.send_all(b"".join(lines))
+        ids = []
+        for _ in lines:
+            reply = await conn.line()
+            if not reply.startswith(b"OK "):
+                raise RuntimeError(f"submit failed: {reply!r}")
+            ids.append(reply[3:].decode())
+        await stream.aclose()
+        await _wait_all(addrs[0], ids, connections=min(8, len(ids)))
+        elapsed = time.perf_counter() - start
+        stop.set()
+    return elapsed, samples, ids
+
+
+def bench_balance(args) -> dict:
+    """Issue 4's figures: makespan over ideal and imbalance, 3 peers x 1 slot."""
+    out = {}
+    with peer_processes(args.peers, slots=1) as (addrs, _):
+        trio.run(trio.sleep, 1.5)  # let membership and loads settle
+        lines = [f"{args.sleep_ms}\n".encode()] * args.jobs
+        ideal = args.jobs * args.sleep_ms / 1000 / args.peers
+        elapsed, samples, _ = trio.run(_makespan, addrs, lines, 0.02)
+        avg, p99 = imbalance(samples)
+        out["uniform"] = {"jobs": args.jobs, "sleep_ms": args.sleep_ms, "makespan_s": round(elapsed, 3),
+                          "ideal_s": round(ideal, 3), "over_ideal": round(elapsed / ideal, 3),
+                          "imbalance_avg": round(avg, 2), "imbalance_p99": p99}
+        print(f"uniform: {args.jobs} x {args.sleep_ms} ms on {args.peers} peers x 1 slot, all submitted to one: "
+              f"makespan {elapsed:.3f}s, ideal {ideal:.3f}s -> {elapsed / ideal:.3f} x ideal; "
+              f"imbalance (max-min of queued+running) time-avg {avg:.2f}, p99 {p99}", flush=True)
+    with peer_processes(args.peers, slots=1) as (addrs, _):
+        trio.run(trio.sleep, 1.5)
+        lines = [(b"1000\n" if i in (0, 3, 6) else b"20\n") for i in range(30)]
+        elapsed, samples, _ = trio.run(_makespan, addrs, lines, 0.02)
+        ideal = (3 * 1.0 + 27 * 0.02) / args.peers
+        out["skewed"] = {"makespan_s": round(elapsed, 3), "ideal_s": round(ideal, 3)}
+        print(f"skewed: 30 jobs (jobs 0, 3, 6 sleep 1 s, the rest 20 ms) to one of {args.peers} peers: "
+              f"makespan {elapsed:.3f}s (ideal {ideal:.2f}s)", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.bench")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -209,10 +301,14 @@ def main(argv=None) -> int:
     t.add_argument("--jobs", type=int, default=5000)
     t.add_argument("--peers", type=int, default=1)
     t.add_argument("--slots", type=int, default=2)
-    for p in (s, t):
+    b = sub.add_parser("balance", help="makespan over ideal and imbalance across peers (issue 4)")
+    b.add_argument("--peers", type=int, default=3)
+    b.add_argument("--jobs", type=int, default=300)
+    b.add_argument("--sleep-ms", type=int, default=20)
+    for p in (s, t, b):
         p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
-    result = bench_submit(args) if args.what == "submit" else bench_throughput(args)
+    result = {"submit": bench_submit, "throughput": bench_throughput, "balance": bench_balance}[args.what](args)
     if args.json:
         print(json.dumps(result))
     return 0
