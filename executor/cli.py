@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import socket
 import sys
 
-from executor.config import Config, default_slots
+from executor.config import Config
 
 _NAME = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*\Z")
 
@@ -87,7 +88,7 @@ def _node(args) -> int:
         node = Node(
             data_dir=args.data,
             listen=(host, port),
-            slots=args.slots or default_slots(),
+            slots=args.slots or os.cpu_count() or 1,
             name=args.name or default_name(port),
             config=Config.local(),
             seeds=[f"{h}:{p}" for h, p in (_hostport(j) for j in args.join)],

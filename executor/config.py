@@ -10,7 +10,6 @@ for a cluster on loopback (tight timers), `lan()` for real machines, and
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 from gossip.config import GossipConfig
@@ -150,7 +149,3 @@ class Config:
     def simulation(cls, **overrides) -> Config:
         """The deterministic simulation: local timers on a virtual clock."""
         return dataclasses.replace(cls(gossip=GossipConfig.simulation()), **overrides)
-
-
-def default_slots() -> int:
-    return os.cpu_count() or 1

@@ -742,7 +742,7 @@ class PeerCore:
 
     def _expire_lends(self, now: float) -> None:
         for transfer_id, lend in list(self.lends.items()):
-            if lend.deadline <= now or not self.cluster.is_alive(lend.receiver):
+            if lend.deadline <= now or self.cluster.dead_for(lend.receiver, now) is not None:
                 del self.lends[transfer_id]
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):

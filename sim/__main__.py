@@ -1,5 +1,6 @@
 """`python -m sim <command>`: the harnesses.
 
+    python -m sim demo           three peers, a workload, a kill -9, and the check (sim/demo.py)
     python -m sim cluster ...    real peer processes under kill -9 / restart chaos (sim/cluster.py)
     python -m sim simulate ...   the deterministic simulation (sim/simulate.py)
     python -m sim bench ...      benchmarks (sim/bench.py)
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"cluster": "sim.cluster", "simulate": "sim.simulate", "bench": "sim.bench"}
+COMMANDS = {"demo": "sim.demo", "cluster": "sim.cluster", "simulate": "sim.simulate", "bench": "sim.bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,10 +52,8 @@ def peer_processes(count: int, *, slots: int = 1, extra: tuple = ()):
                    "--listen", addr, "--name", f"p{i + 1}", "--slots", str(slots), *extra]
             if i > 0:
                 cmd += ["--join", addrs[0]]
-            log = open(os.path.join(tmp, f"p{i + 1}.log"), "wb")
-            procs.append(subprocess.Popen(cmd, cwd=_ROOT, stdout=log, stderr=log))
+            procs.append(_spawn(cmd, os.path.join(tmp, f"p{i + 1}.log"), port))
             addrs.append(addr)
-            _wait_listening(port, procs[-1])
         yield addrs, procs
     finally:
         for p in procs:
@@ -68,6 +66,23 @@ def peer_processes(count: int, *, slots: int = 1, extra: tuple = ()):
                 p.kill()
                 p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _spawn(cmd: list[str], log_path: str, port: int) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=_ROOT, stdout=log, stderr=log)
+    proc.log_path, proc.port = log_path, port
+    _wait_listening(port, proc)
+    return proc
+
+
+def restart_peer(procs: list[subprocess.Popen], index: int) -> None:
+    """Start peer `index` again, same command, port and data directory."""
+    old = procs[index]
+    if old.poll() is None:
+        old.kill()
+        old.wait()
+    procs[index] = _spawn(old.args, old.log_path, old.port)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -482,7 +482,14 @@ async def _drain(cluster: ProcessCluster, rec: Record, deadline: float) -> float
     """Wait until every acknowledged job is final at its home; the time it was
     seen so, or None at the deadline."""
     open_ids = {s.job_id for s in rec.submissions if s.outcome == checker.ACKED}
+    next_note = rec.now() + 2.0
+    replies: dict[str, tuple] = {}
     while open_ids:
+        if rec.now() >= next_note:
+            next_note = rec.now() + 2.0
+            some = sorted(open_ids)[:3]
+            _say(f"{rec.now():.1f}s: {len(open_ids)} acknowledged jobs not finished yet, e.g. "
+                 + "; ".join(" ".join(replies[j][1:]) if j in replies else f"{j} (no answer)" for j in some))
         if rec.now() > deadline:
             return None
         replies = await _states(cluster, sorted(open_ids))

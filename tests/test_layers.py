@@ -1,0 +1,50 @@
+"""The layering rules of docs/architecture.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The decision cores: no I/O, no clock, no global randomness, no trio.
+SANS_IO = [
+    "executor/core.py", "executor/jobs.py", "executor/balance.py", "executor/cluster.py",
+    "executor/protocol.py", "executor/messages.py", "executor/config.py",
+    "gossip/membership.py", "gossip/wire.py", "gossip/config.py",
+]
+FORBIDDEN = {"trio", "socket", "plyvel", "time", "asyncio", "subprocess", "threading", "os", "selectors"}
+
+
+def imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_cores_are_sans_io():
+    for rel in SANS_IO:
+        for name in imports(ROOT / rel):
+            assert name.split(".")[0] not in FORBIDDEN, f"{rel} imports {name}"
+
+
+def test_cores_draw_no_global_random():
+    for rel in SANS_IO:
+        tree = ast.parse((ROOT / rel).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "random":
+                assert node.attr == "Random", f"{rel} calls random.{node.attr} (use the Random passed in)"
+
+
+def test_layers_import_only_downwards():
+    allowed = {"gossip": {"gossip"}, "storage": {"storage"}, "executor": {"executor", "gossip", "storage"}}
+    for package, may in allowed.items():
+        for path in (ROOT / package).glob("*.py"):
+            for name in imports(path):
+                top = name.split(".")[0]
+                if top in {"executor", "gossip", "storage", "sim", "tests"}:
+                    assert top in may, f"{package}/{path.name} imports {name}"
