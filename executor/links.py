@@ -17,7 +17,6 @@ keeps serving everybody else.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 
 import trio
@@ -34,9 +33,15 @@ _RECONNECT_BACKOFF_S = 0.05
 (a dead peer costs one refused connect per backoff, not one per frame)."""
 
 
+async def _open_tcp(addr: str) -> trio.SocketStream:
+    host, _, port = addr.rpartition(":")
+    return await trio.open_tcp_stream(host.strip("[]"), int(port))
+
+
 class Links:
-    def __init__(self, node, nursery: trio.Nursery) -> None:
+    def __init__(self, node, nursery: trio.Nursery, connect=None) -> None:
         self.node = node
+        self._connect = connect or _open_tcp
         self.nursery = nursery
         self.config = node.config
         self._out: dict[str, trio.MemorySendChannel] = {}
@@ -53,7 +58,7 @@ class Links:
             return
         channel = self._out.get(addr)
         if channel is None:
-            if time.monotonic() - self._failed_at.get(addr, -1e9) < _RECONNECT_BACKOFF_S:
+            if trio.current_time() - self._failed_at.get(addr, -1e9) < _RECONNECT_BACKOFF_S:
                 self.stats["dropped_backoff"] += 1
                 return
             channel, receive = trio.open_memory_channel(self.config.peer_send_queue_max)
@@ -62,16 +67,16 @@ class Links:
         try:
             channel.send_nowait(wire.frame(payload))
             self.stats["frames_sent"] += 1
+            self.stats["bytes_sent"] += len(payload) + wire.FRAME_HEADER_BYTES
         except trio.WouldBlock:
             self.stats["dropped_queue_full"] += 1
 
     async def _writer(
         self, peer_id: str | None, addr: str, channel: trio.MemorySendChannel, frames: trio.MemoryReceiveChannel
     ) -> None:
-        host, _, port = addr.rpartition(":")
         try:
             with trio.fail_after(_CONNECT_TIMEOUT_S):
-                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                stream = await self._connect(addr)
             async with stream:
                 node = self.node
                 incarnation = node.core.cluster.membership.incarnation
@@ -86,7 +91,7 @@ class Links:
                     await stream.send_all(b"".join(batch))
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
             self.stats["links_failed"] += 1
-            self._failed_at[addr] = time.monotonic()
+            self._failed_at[addr] = trio.current_time()
             log.debug("%s: link to %s (%s) failed: %s", self.node.peer_id, peer_id, addr, exc)
         finally:
             if self._out.get(addr) is channel:
@@ -117,6 +122,7 @@ class Links:
                 data = await stream.receive_some(_RECEIVE_BYTES)
                 if not data:
                     return
+                self.stats["bytes_received"] += len(data)
         except wire.ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             log.warning("%s: closed the link from %s: %s", self.node.peer_id, peer_id, exc)

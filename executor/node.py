@@ -87,8 +87,15 @@ class Node:
         config: Config,
         seeds: list[str] | None = None,
         store: Store | None = None,
+        clock=time.time,
+        connect=None,
     ) -> None:
+        """`clock` and `connect` (how to open a link to "host:port") are
+        parameters so that tests can run peers on trio's virtual clock over
+        in-memory streams."""
         self.data_dir = data_dir
+        self.clock = clock
+        self.connect = connect
         self.host, self.port = listen
         self.config = config
         self.slots = slots
@@ -125,34 +132,50 @@ class Node:
                 log.info("%s: killed the orphaned process of job %s from before the restart", self.peer_id, job_id)
         self.store.write([(key, None) for key, _ in stale], sync=False)
 
+    def statistics(self) -> dict[str, int]:
+        """Every counter of this peer: jobs, queue, links, membership, clients."""
+        core = self.core
+        out = {f"jobs_{k}": v for k, v in vars(core.counters).items() if isinstance(v, int)}
+        out.update(queued=len(core.queue), running=len(core.running), slots=self.slots,
+                   records=len(core.records), outbox=len(core.outbox), lends=len(core.lends),
+                   clients=self.clients, incarnation=core.cluster.membership.incarnation)
+        out.update({f"link_{k}": v for k, v in sorted(self.links.stats.items())})
+        out.update({f"gossip_{k}": v for k, v in sorted(core.cluster.membership.statistics().items())})
+        return out
+
     def _spawned(self, job_id: str, pid: int) -> None:
         self.store.write([(layout.key(layout.PID, job_id), layout.encode(pid))], sync=False)
 
     # ------------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, listen: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. With `listen=False` no port is opened and
+        connections are handed to `serve` by the caller (tests)."""
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-                self.bound_port = listeners[0].socket.getsockname()[1]
-                self.addr = f"{self.host}:{self.bound_port}"
-                now = time.time()
+                listeners = []
+                if listen:
+                    listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+                    self.bound_port = listeners[0].socket.getsockname()[1]
+                    self.addr = f"{self.host}:{self.bound_port}"
+                now = self.clock()
                 snap = self.snapshot
                 cluster = Cluster(self.peer_id, self.addr, self.incarnation, self.config, random.Random(), now)
                 self.core = PeerCore(self.peer_id, self.config, self.slots, random.Random(), snap, now, cluster=cluster)
-                self.links = Links(self, nursery)
+                self.links = Links(self, nursery, self.connect)
                 self.core.handle_join(self.seeds, snap.peers, now)
                 jobs, held, outbox = len(snap.jobs), len(snap.held), len(snap.outbox)
                 self.snapshot = None  # recovered: let it go
                 log.info(
-                    "%s: listening on %s:%d (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
-                    self.peer_id, self.host, self.bound_port, self.incarnation, self.slots, jobs, held, outbox,
+                    "%s: listening on %s (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
+                    self.peer_id, self.addr, self.incarnation, self.slots, jobs, held, outbox,
                 )
                 nursery.start_soon(self._committer, self._doorbell_recv)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)
-                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
+                if listeners:
+                    nursery.start_soon(trio.serve_listeners, self.serve, listeners)
                 self.listening.set()
                 task_status.started(self.bound_port)
         finally:
@@ -177,7 +200,7 @@ class Node:
         core, inbox = self.core, self.inbox
         while True:
             event = await inbox.receive()
-            now = time.time()
+            now = self.clock()
             count = 0
             while True:
                 if type(event) is Tick:
@@ -284,7 +307,8 @@ class Node:
     # Connections: a peer announces itself with a hello line; anything
     # else is a client speaking the text protocol.
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """One inbound connection, a client or a peer."""
         async with stream:
             if self.clients >= self.config.client_connections_max:
                 with trio.move_on_after(self.config.client_idle_s):
@@ -352,6 +376,11 @@ class Node:
                     )
                 except protocol.ClientError as exc:
                     slot.data = exc.reply()
+                    client.ready.unpark_all()
+                    continue
+                if type(command) is protocol.Stats:
+                    # Counters are read, never changed: no need to go through the core.
+                    slot.data = protocol.lines_reply("stats", [f"{k}={v}" for k, v in self.statistics().items()])
                     client.ready.unpark_all()
                     continue
                 await self.inbox_send.send(ClientRequest((client, slot), command))

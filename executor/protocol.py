@@ -17,6 +17,7 @@ Grammar (one command per line, UTF-8, LF or CRLF; see docs/protocol.md)::
     CANCEL <job-id>                              -> OK <job-id> cancelled
     LIST [N]                                     -> OK <k> jobs, then k STATUS lines
     PEERS                                        -> OK <k> peers, then k lines
+    STATS                                        -> OK <k> stats, then k name=value lines
     HELP                                         -> OK <k> lines, then k lines
     QUIT                                         -> OK bye, then the peer closes
 
@@ -83,6 +84,11 @@ class Peers:
 
 
 @dataclass(frozen=True, slots=True)
+class Stats:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Help:
     pass
 
@@ -92,7 +98,7 @@ class Quit:
     pass
 
 
-Command = Submit | Status | Result | Wait | Cancel | ListJobs | Peers | Help | Quit
+Command = Submit | Status | Result | Wait | Cancel | ListJobs | Peers | Stats | Help | Quit
 
 
 class ClientError(Exception):
@@ -176,6 +182,7 @@ HELP_LINES = (
     "CANCEL <job-id>                             cancel a queued or running job (kills its process group)",
     "LIST [N]                                    the latest N jobs submitted here",
     "PEERS                                       every member of the cluster with state and load",
+    "STATS                                       this peer's counters, one name=value a line",
     "HELP                                        this text",
     "QUIT                                        close the connection",
 )
@@ -245,10 +252,10 @@ def parse_command(
         if not (arg.isdigit() and arg.isascii()) or not 1 <= int(arg) <= list_max:
             raise ClientError("bad-request", f"LIST takes a count from 1 to {list_max}")
         return ListJobs(int(arg))
-    if upper in ("PEERS", "HELP", "QUIT"):
+    if upper in ("PEERS", "STATS", "HELP", "QUIT"):
         if args.strip():
             raise ClientError("bad-request", f"{upper} takes no arguments")
-        return {"PEERS": Peers, "HELP": Help, "QUIT": Quit}[upper]()
+        return {"PEERS": Peers, "STATS": Stats, "HELP": Help, "QUIT": Quit}[upper]()
     if verb == "r" and _JOB_ID.match(args.strip()):
         return Result(args.strip())
     if verb.startswith("r") and not args and _JOB_ID.match(verb[1:]):

@@ -1,0 +1,138 @@
+"""The trio edge (executor/node.py, links.py) on trio's virtual clock over
+in-memory streams: no sockets, no real sleeps."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from executor.config import Config
+from executor.node import Node
+from storage.store import MemoryStore
+
+
+class MemoryNet:
+    """Peers reachable by address over `memory_stream_pair`s."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.nodes: dict[str, Node] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.stores: dict[str, MemoryStore] = {}
+
+    async def connect(self, addr: str):
+        node = self.nodes.get(addr)
+        if node is None or addr not in self.scopes or not node.listening.is_set():
+            raise OSError(f"connection to {addr} refused")
+        client, server = trio.testing.memory_stream_pair()
+        node.nursery.start_soon(node.serve, server)
+        return client
+
+    async def start(self, nursery, name: str, seeds=(), slots: int = 1) -> Node:
+        addr = f"{name}:1"
+        store = self.stores.setdefault(addr, MemoryStore())
+        store.crash()  # what a restarted process sees: the durable contents
+        node = Node(
+            data_dir=str(self.tmp_path / name), listen=(name, 1), slots=slots, name=name,
+            config=Config.local(), seeds=list(seeds), store=store, clock=trio.current_time,
+            connect=self.connect,
+        )
+        node.addr = addr
+        self.nodes[addr] = node
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                self.scopes[addr] = scope
+                task_status.started()
+                await node.run(listen=False)
+
+        await nursery.start(run)
+        await node.listening.wait()
+        return node
+
+    def kill(self, name: str) -> None:
+        self.scopes.pop(f"{name}:1").cancel()
+
+    async def client(self, name: str) -> trio.abc.Stream:
+        return await self.connect(f"{name}:1")
+
+
+async def ask(stream, line: str) -> str:
+    await stream.send_all(line.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        data += await stream.receive_some(4096)
+    return data.decode()
+
+
+def states(node: Node) -> dict[str, str]:
+    return {m.id: m.state.value for m in node.core.cluster.membership.members()}
+
+
+async def test_client_session_with_pipelining_and_wait(autojump_clock, tmp_path):
+    net = MemoryNet(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await net.start(nursery, "n1", slots=2)
+        c = await net.client("n1")
+        await c.send_all(b"5000\n100\nWAIT n1-2\nSTATUS n1-1\nNOPE\n")
+        data = b""
+        while data.count(b"\n") < 5:
+            data += await c.receive_some(4096)
+        lines = data.decode().splitlines()
+        assert lines[0] == "OK n1-1" and lines[1] == "OK n1-2"
+        assert lines[2].startswith("OK n1-2 done")
+        assert lines[3].startswith("OK n1-1 running")  # the WAIT held it back: n1-1 sleeps 5 s
+        assert lines[4].startswith("ERR unknown-command")
+        t0 = trio.current_time()
+        assert (await ask(c, "WAIT n1-1 10")).startswith("OK n1-1 done")
+        assert 4 <= trio.current_time() - t0 <= 6
+        assert (await ask(c, "QUIT")) == "OK bye\n"
+        nursery.cancel_scope.cancel()
+
+
+async def test_membership_over_memory_links_sees_death_and_rejoin(autojump_clock, tmp_path):
+    net = MemoryNet(tmp_path)
+    async with trio.open_nursery() as nursery:
+        n1 = await net.start(nursery, "n1")
+        n2 = await net.start(nursery, "n2", seeds=["n1:1"])
+        n3 = await net.start(nursery, "n3", seeds=["n1:1"])
+        await trio.sleep(2)
+        for node in (n1, n2, n3):
+            assert states(node) == {"n1": "alive", "n2": "alive", "n3": "alive"}
+        net.kill("n2")
+        killed_at = trio.current_time()
+        with trio.fail_after(10):
+            while not (states(n1)["n2"] == states(n3)["n2"] == "dead"):
+                await trio.sleep(0.02)
+        assert trio.current_time() - killed_at <= 2.0  # virtual time: exact, not noisy
+        n2 = await net.start(nursery, "n2", seeds=["n1:1"])
+        back_at = trio.current_time()
+        with trio.fail_after(10):
+            while not all(states(n)["n2"] == "alive" for n in (n1, n3)):
+                await trio.sleep(0.02)
+        assert trio.current_time() - back_at <= 1.0
+        assert n2.core.cluster.membership.incarnation >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_jobs_spread_and_come_home_over_memory_links(autojump_clock, tmp_path):
+    net = MemoryNet(tmp_path)
+    async with trio.open_nursery() as nursery:
+        n1 = await net.start(nursery, "n1")
+        for name in ("n2", "n3"):
+            await net.start(nursery, name, seeds=["n1:1"])
+        await trio.sleep(2)
+        c = await net.client("n1")
+        await c.send_all(b"".join(b"200\n" for _ in range(30)))
+        data = b""
+        while data.count(b"\n") < 30:
+            data += await c.receive_some(4096)
+        ids = [line.split()[1] for line in data.decode().splitlines()]
+        t0 = trio.current_time()
+        for job in ids:
+            assert (await ask(c, f"WAIT {job} 60")).startswith(f"OK {job} done")
+        executors = {n1.core.records[job].executor for job in ids}
+        assert executors == {"n1", "n2", "n3"}
+        assert trio.current_time() - t0 < 30 * 0.2  # faster than one peer alone
+        nursery.cancel_scope.cancel()
