@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from executor import balance
@@ -211,7 +211,6 @@ class Counters:
     results_duplicate: int = 0
     reissued: int = 0
     batches: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class PeerCore:

@@ -20,6 +20,7 @@ Nothing here decides anything: every decision is the core's.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import itertools
 import logging
@@ -135,7 +136,7 @@ class Node:
     def statistics(self) -> dict[str, int]:
         """Every counter of this peer: jobs, queue, links, membership, clients."""
         core = self.core
-        out = {f"jobs_{k}": v for k, v in vars(core.counters).items() if isinstance(v, int)}
+        out = {f"jobs_{k}": v for k, v in dataclasses.asdict(core.counters).items()}
         out.update(queued=len(core.queue), running=len(core.running), slots=self.slots,
                    records=len(core.records), outbox=len(core.outbox), lends=len(core.lends),
                    clients=self.clients, incarnation=core.cluster.membership.incarnation)

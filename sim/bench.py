@@ -301,6 +301,82 @@ def bench_balance(args) -> dict:
     return out
 
 
+def _views(addrs: list[str], skip: int | None = None) -> list[dict[str, str]]:
+    """Each reachable peer's PEERS view {member: state}."""
+    from executor.client import Client
+
+    out = []
+    for i, addr in enumerate(addrs):
+        if i == skip:
+            continue
+        try:
+            with Client(addr, timeout_s=2) as c:
+                out.append({line.split()[0]: line.split()[2] for line in c.peers()})
+        except OSError:
+            out.append({})
+    return out
+
+
+def _stats(addr: str) -> dict[str, int]:
+    from executor.client import Client
+
+    with Client(addr, timeout_s=2) as c:
+        return {k: int(v) for k, v in (line.split("=", 1) for line in c._lines("STATS"))}
+
+
+def _time_until(predicate, timeout_s: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if predicate():
+            return time.perf_counter() - start
+        time.sleep(0.01)
+    return float("inf")
+
+
+def bench_membership(args) -> dict:
+    """Issue 3's figures: detection and rejoin times over several kills, and
+    gossip traffic per peer per second on an idle cluster."""
+    import random as random_module
+
+    rng = random_module.Random(args.seed)
+    names = [f"p{i + 1}" for i in range(args.peers)]
+    detect, rejoin = [], []
+    with peer_processes(args.peers, slots=1) as (addrs, procs):
+        assert _time_until(lambda: all(len([s for s in v.values() if s == "alive"]) == args.peers
+                                       for v in _views(addrs)), 20) < 20, "cluster did not form"
+        before = {a: _stats(a) for a in addrs}
+        t0 = time.perf_counter()
+        time.sleep(args.idle_s)
+        after = {a: _stats(a) for a in addrs}
+        idle = time.perf_counter() - t0
+        frames = [(after[a]["link_frames_sent"] - before[a]["link_frames_sent"]) / idle for a in addrs]
+        sent = [(after[a]["link_bytes_sent"] - before[a]["link_bytes_sent"]) / idle for a in addrs]
+        for _ in range(args.kills):
+            victim = rng.randrange(1, args.peers)
+            procs[victim].kill()
+            procs[victim].wait()
+            d = _time_until(lambda: all(v.get(names[victim]) == "dead" for v in _views(addrs, skip=victim)), 15)
+            restart_peer(procs, victim)
+            r = _time_until(lambda: all(v.get(names[victim]) == "alive" for v in _views(addrs)), 15)
+            detect.append(d)
+            rejoin.append(r)
+            print(f"kill -9 {names[victim]}: dead in every other view after {d:.2f}s; "
+                  f"after restart alive in every view after {r:.2f}s", flush=True)
+            time.sleep(1.0)
+    out = {
+        "peers": args.peers, "kills": args.kills,
+        "detect_median_s": round(statistics.median(detect), 3), "detect_max_s": round(max(detect), 3),
+        "rejoin_median_s": round(statistics.median(rejoin), 3), "rejoin_max_s": round(max(rejoin), 3),
+        "frames_per_peer_per_s": round(statistics.mean(frames), 1),
+        "bytes_per_peer_per_s": round(statistics.mean(sent)),
+    }
+    print(f"detection: median {out['detect_median_s']}s, max {out['detect_max_s']}s (target 2 s); "
+          f"rejoin: median {out['rejoin_median_s']}s, max {out['rejoin_max_s']}s (target 1 s)")
+    print(f"idle gossip at {args.peers} peers: {out['frames_per_peer_per_s']} frames "
+          f"and {out['bytes_per_peer_per_s']} bytes sent per peer per second")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.bench")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -320,10 +396,16 @@ def main(argv=None) -> int:
     b.add_argument("--peers", type=int, default=3)
     b.add_argument("--jobs", type=int, default=300)
     b.add_argument("--sleep-ms", type=int, default=20)
-    for p in (s, t, b):
+    m = sub.add_parser("membership", help="failure detection and rejoin times, gossip traffic (issue 3)")
+    m.add_argument("--peers", type=int, default=5)
+    m.add_argument("--kills", type=int, default=5)
+    m.add_argument("--idle-s", type=float, default=5.0, help="how long to count idle gossip traffic")
+    m.add_argument("--seed", type=int, default=1)
+    for p in (s, t, b, m):
         p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
-    result = {"submit": bench_submit, "throughput": bench_throughput, "balance": bench_balance}[args.what](args)
+    result = {"submit": bench_submit, "throughput": bench_throughput, "balance": bench_balance,
+              "membership": bench_membership}[args.what](args)
     if args.json:
         print(json.dumps(result))
     return 0

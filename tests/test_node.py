@@ -49,6 +49,9 @@ def test_protocol_over_tcp(peers):
             assert exc.code == "timeout"
         assert len(c.list(3)) == 3
         assert "HELP" in "".join(c._lines("HELP"))
+        stats = dict(line.split("=", 1) for line in c._lines("STATS"))
+        assert int(stats["jobs_submitted"]) == 5 and int(stats["jobs_cancelled"]) == 1
+        assert int(stats["slots"]) == 2 and int(stats["incarnation"]) == 1 and int(stats["clients"]) >= 1
 
 
 def test_pipelined_replies_come_back_in_order(peers):

@@ -1,0 +1,646 @@
+"""Three sans-IO peers in one process: handoff, results and recovery under crashes.
+
+`World` is a small edge for three `PeerCore`s, built and driven exactly as
+`executor/node.py` builds and drives one (see `World._step`):
+
+* after handling an event the edge takes the core's batch: `writes, actions =
+  core.take()`; `StartJob`/`KillJob` take effect at once (the job is recorded
+  as running here; its `JobExited` is delivered later, by a rule);
+* then EITHER the writes are synced (`store.write(writes, sync=True)`) and the
+  replies / sends are released, OR the peer crashes — before the sync
+  (`MemoryStore.crash()` loses the batch) or right after it (the batch is
+  durable but nothing was sent: "synced, died before acking").
+
+A crash also loses the peer's running jobs and every message in flight to or
+from it; the peer stays down until a restart rebuilds it from its store (as a
+real restart: `layout.start` bumps the incarnation, `handle_join` with the
+other peers' addresses).
+
+Links are FIFO queues per (sender, receiver), as TCP connections are.
+Membership gossip travels on the same links as job traffic, so the peers must
+find each other first (`World.warm_up`). A message delivered to a peer that is
+down is dropped and its sender hears `PeerUnreachable` (a refused connect).
+
+Time is virtual. A tick rule advances it in sub-steps of at most 50 ms (the
+real edge ticks every 20 ms); a longer jump would look like a pause of every
+peer to membership's pause detector. Between sub-steps the queued messages may
+or may not be delivered, so probes can fail, peers get suspected and declared
+dead, handoffs time out and homes re-issue jobs.
+
+The invariants (checked after every rule, see `World.check`) and the liveness
+check of the teardown are the ones docs/cluster.md promises.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from executor.cluster import Cluster
+from executor.config import Config
+from executor.core import (
+    ClientRequest,
+    JobExited,
+    KillJob,
+    Log,
+    PeerCore,
+    PeerMessage,
+    PeerUnreachable,
+    Reply,
+    ReplyResult,
+    Send,
+    StartJob,
+    Tick,
+)
+from executor.jobs import JobRecord
+from executor.messages import Handoff, HandoffAck, JobResult
+from executor.protocol import JobSpec, Submit
+from gossip.membership import GOSSIP_MESSAGES
+from storage import layout
+from storage.store import MemoryStore
+
+NAMES = ("p1", "p2", "p3")
+ADDR = {name: f"sim:{i + 1}" for i, name in enumerate(NAMES)}
+NAME_AT = {addr: name for name, addr in ADDR.items()}
+SLOTS = 1
+CONFIG = Config.simulation()
+SUBSTEP_S = 0.05
+
+SYNC = "sync"  # the batch is synced, then its replies and sends are released
+CRASH_AFTER_SYNC = "crash-after-sync"  # durable, but nothing was sent
+CRASH_BEFORE_SYNC = "crash-before-sync"  # the batch is lost
+
+
+@dataclass
+class Run:
+    attempt: int
+    tag: bytes  # stdout of this run: tells which run a kept result came from
+    killed: bool = False
+
+
+@dataclass
+class Peer:
+    name: str
+    addr: str
+    store: MemoryStore = field(default_factory=MemoryStore)
+    core: PeerCore | None = None
+    lives: int = 0
+    running: dict[str, Run] = field(default_factory=dict)
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+def durable(peer: Peer, prefix: bytes, job_id: str):
+    raw = peer.store._durable.get(layout.key(prefix, job_id))
+    return None if raw is None else layout.decode(raw, prefix.decode() + job_id)
+
+
+def home_of(job_id: str) -> str:
+    return job_id.rsplit("-", 1)[0]
+
+
+class World:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.peers = {name: Peer(name, ADDR[name]) for name in NAMES}
+        self.links: dict[tuple[str, str], deque] = {(a, b): deque() for a in NAMES for b in NAMES if a != b}
+        self.tokens = 0
+        self.gen = 0
+        self.acked: set[str] = set()
+        self.final: dict[str, tuple[bytes, bytes | None]] = {}  # home's first durable final j/ and o/
+        self.runs: dict[str, str] = {}  # stdout tag -> "peer attempt" of every run that exited by itself
+        self.starts: Counter[str] = Counter()  # job id -> StartJob count, over all peers
+        self.sent: list[tuple[float, str, str, object]] = []  # (time, sender, receiver, job message)
+        self.log: list[str] = []
+        for peer in self.peers.values():
+            self.restart(peer.name)
+
+    # ------------------------------------------------------------------
+    # The edge (executor/node.py's core loop and committer, one batch per step)
+
+    def _step(self, name: str, events, mode: str = SYNC) -> list[bytes]:
+        peer = self.peers[name]
+        core = peer.core
+        assert core is not None, f"{name} is down"
+        for event in events:
+            core.handle(event, self.now)
+        writes, actions = core.take()
+        for action in actions:
+            kind = type(action)
+            if kind is StartJob:
+                assert action.job_id not in peer.running, (
+                    f"{name} started {action.job_id} attempt {action.attempt} while attempt "
+                    f"{peer.running[action.job_id].attempt} still runs there")
+                self.gen += 1
+                tag = f"{action.job_id}@{name}#{action.attempt}/{self.gen}".encode()
+                peer.running[action.job_id] = Run(action.attempt, tag)
+                self.starts[action.job_id] += 1
+                assert len(peer.running) <= SLOTS, f"{name} runs {sorted(peer.running)} on {SLOTS} slot(s)"
+            elif kind is KillJob:
+                run = peer.running.get(action.job_id)
+                if run is not None and run.attempt == action.attempt:
+                    run.killed = True
+            elif kind is Log:
+                self.log.append(f"{self.now:.3f} {name}: {action.text}")
+        if mode == CRASH_BEFORE_SYNC:
+            self.crash(name)
+            return []
+        peer.store.write(writes, sync=True)
+        if mode == CRASH_AFTER_SYNC:
+            self.crash(name)
+            return []
+        replies = []
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self._send(name, action)
+            elif kind is Reply:
+                replies.append(action.data)
+            elif kind is ReplyResult:
+                replies.append(action.header)
+        return replies
+
+    def _send(self, sender: str, send: Send) -> None:
+        receiver = NAME_AT.get(send.addr)
+        if receiver is None or receiver == sender:
+            return
+        if not isinstance(send.message, GOSSIP_MESSAGES):
+            self.sent.append((self.now, sender, receiver, send.message))
+        self.links[(sender, receiver)].append(send.message)
+
+    # ------------------------------------------------------------------
+    # What the rules do
+
+    def submit(self, name: str, count: int = 1, mode: str = SYNC) -> list[str]:
+        events = []
+        for _ in range(count):
+            self.tokens += 1
+            events.append(ClientRequest((0, self.tokens), Submit(JobSpec("sleep", sleep_ms=0))))
+        ids = []
+        for data in self._step(name, events, mode):
+            parts = data.decode().split()
+            if parts[0] == "OK" and len(parts) == 2:
+                job_id = parts[1]
+                assert home_of(job_id) == name
+                assert job_id not in self.acked, f"{job_id} acknowledged twice"
+                # Acknowledged only once the record is durable.
+                assert durable(self.peers[name], layout.JOB, job_id) is not None
+                self.acked.add(job_id)
+                ids.append(job_id)
+        return ids
+
+    def deliver(self, link: tuple[str, str], mode: str = SYNC) -> None:
+        sender, receiver = link
+        msg = self.links[link].popleft()
+        if not self.peers[receiver].up:
+            # A refused connect: the sender hears of it (links.py), what it sent is gone.
+            self.links[link].clear()
+            if self.peers[sender].up:
+                self._step(sender, [PeerUnreachable(receiver)])
+            return
+        self._step(receiver, [PeerMessage(sender, msg)], mode)
+
+    def break_link(self, link: tuple[str, str]) -> None:
+        sender, receiver = link
+        self.links[link].clear()
+        if self.peers[sender].up:
+            self._step(sender, [PeerUnreachable(receiver)])
+
+    def finish(self, name: str, job_id: str, mode: str = SYNC) -> None:
+        run = self.peers[name].running.pop(job_id)
+        if run.killed:
+            event = JobExited(job_id, run.attempt, None, "cancelled")
+        else:
+            self.runs[run.tag.decode()] = f"{name} {run.attempt}"
+            event = JobExited(job_id, run.attempt, 0, None, stdout=run.tag)
+        self._step(name, [event], mode)
+
+    def tick(self, name: str, mode: str = SYNC) -> None:
+        self._step(name, [Tick()], mode)
+
+    def crash(self, name: str) -> None:
+        peer = self.peers[name]
+        peer.store.crash()
+        peer.core = None
+        peer.running.clear()
+        for (a, b), queue in self.links.items():
+            if name in (a, b):
+                queue.clear()
+        self.log.append(f"{self.now:.3f} {name}: CRASH")
+
+    def restart(self, name: str) -> None:
+        peer = self.peers[name]
+        assert not peer.up
+        peer.lives += 1
+        snap = layout.start(peer.store, name)
+        assert snap.peer_id == name
+        cluster = Cluster(name, peer.addr, snap.incarnation, CONFIG,
+                          random.Random(f"{name}/{snap.incarnation}/cluster"), self.now)
+        peer.core = PeerCore(name, CONFIG, SLOTS, random.Random(f"{name}/{snap.incarnation}/core"),
+                             snap, self.now, cluster=cluster)
+        seeds = [ADDR[other] for other in NAMES if other != name]
+        peer.core.handle_join(seeds, snap.peers, self.now)
+        self.log.append(f"{self.now:.3f} {name}: START incarnation {snap.incarnation}")
+        # As node.py: the recovery writes and the join's sends go out in the first batch.
+        self._step(name, [])
+
+    def live(self) -> list[str]:
+        return [name for name in NAMES if self.peers[name].up]
+
+    def nonempty_links(self) -> list[tuple[str, str]]:
+        return [link for link in sorted(self.links) if self.links[link]]
+
+    def deliver_queued(self) -> None:
+        """Deliver what is queued now (not what that provokes), in a fixed order."""
+        counts = {link: len(q) for link, q in self.links.items()}
+        for link in sorted(counts):
+            for _ in range(counts[link]):
+                if self.links[link]:
+                    self.deliver(link)
+
+    def advance(self, dt: float, deliver: bool) -> None:
+        """Let `dt` of virtual time pass in sub-steps: tick every live peer, and
+        deliver the queued messages after each sub-step if `deliver`."""
+        end = self.now + dt
+        while self.now < end - 1e-9:
+            self.now = min(end, self.now + SUBSTEP_S)
+            for name in self.live():
+                self.tick(name)
+            if deliver:
+                self.deliver_queued()
+
+    def warm_up(self) -> None:
+        for _ in range(60):  # 3 s at most; the local timers need well under 1 s
+            self.advance(SUBSTEP_S, deliver=True)
+            if self.all_alive():
+                return
+        raise AssertionError("peers did not find each other: " + repr(self.views()))
+
+    def views(self) -> dict[str, dict[str, str]]:
+        return {
+            name: {m.id: m.state.value for m in self.peers[name].core.cluster.membership.members()}
+            for name in self.live()
+        }
+
+    def all_alive(self) -> bool:
+        return all(
+            len(self.peers[name].core.cluster.membership.alive_peers()) == len(NAMES) - 1 for name in NAMES
+        ) and len(self.live()) == len(NAMES)
+
+    def home_record(self, job_id: str) -> JobRecord | None:
+        d = durable(self.peers[home_of(job_id)], layout.JOB, job_id)
+        return None if d is None else JobRecord.from_wire(d)
+
+    # ------------------------------------------------------------------
+    # Invariants
+
+    def check(self) -> None:
+        for job_id in sorted(self.acked):
+            self.check_not_lost(job_id)
+            self.check_final_is_final(job_id)
+        for name in NAMES:
+            peer = self.peers[name]
+            assert len(peer.running) <= SLOTS
+            if peer.up:
+                assert len(peer.core.running) <= SLOTS, f"{name}: core runs {sorted(peer.core.running)}"
+                # The core's idea of what runs here is what the edge started.
+                assert {j: r.attempt for j, r in peer.running.items()} == {
+                    j: h.attempt for j, h in peer.core.running.items()
+                }, f"{name}: edge runs {peer.running}, core thinks {peer.core.running}"
+                peer.core.cluster.membership.validate_state()
+
+    def check_not_lost(self, job_id: str) -> None:
+        """Nothing acknowledged is lost.
+
+        The client got `OK <id>` only after the home synced j/<id>, so from then
+        on the job must be recoverable from DURABLE state alone — whatever
+        crashes next, the running processes and every message in flight can
+        vanish. It is recoverable iff one of:
+
+        * the home's durable j/<id> is final (the result is kept; nothing more
+          is owed), or
+        * some peer's durable q/<id> holds it: that peer (up, or at its
+          restart, which requeues every q/ entry) will run it and send the
+          result home. This covers a job in a Handoff in flight: its sender
+          deletes q/ only when the HandoffAck arrives, which the receiver sends
+          only after its own q/ is synced; and a job taken back after a
+          timeout, which never left the sender's q/; or
+        * some peer's durable x/<id> (outbox) holds its result: it is resent
+          until the home acks it, and the home acks only after syncing it.
+
+        Peers that are down count: their store is what their restart reads.
+        (Whether that copy's attempt is still acceptable to the home is a
+        liveness question; the teardown checks that every job does finish.)
+        """
+        home = self.peers[home_of(job_id)]
+        record = durable(home, layout.JOB, job_id)
+        assert record is not None, f"acknowledged {job_id}: home {home.name} has no durable record"
+        if record["s"] in ("done", "failed", "cancelled"):
+            return
+        for peer in self.peers.values():
+            if durable(peer, layout.HELD, job_id) is not None or durable(peer, layout.OUTBOX, job_id) is not None:
+                return
+        raise AssertionError(
+            f"acknowledged job {job_id} lost: home {home.name} says {record['s']} attempt {record['a']} at "
+            f"{record['x']!r}, and no peer durably holds it (q/) or its result (x/)\n" + "\n".join(self.log[-40:]))
+
+    def check_final_is_final(self, job_id: str) -> None:
+        """Once the home's durable record is final it never changes (nor its
+        output), and the result kept is one that a run really produced."""
+        home = self.peers[home_of(job_id)]
+        raw = home.store._durable.get(layout.key(layout.JOB, job_id))
+        output = home.store._durable.get(layout.key(layout.OUTPUT, job_id))
+        if job_id in self.final:
+            first_raw, first_output = self.final[job_id]
+            assert raw == first_raw, (
+                f"final record of {job_id} changed: {layout.decode(first_raw, 'j')} -> {layout.decode(raw, 'j')}")
+            assert output == first_output, f"kept output of {job_id} changed: {first_output!r} -> {output!r}"
+            return
+        record = layout.decode(raw, "j")
+        if record["s"] not in ("done", "failed", "cancelled"):
+            return
+        self.final[job_id] = (raw, output)
+        assert record["s"] == "done", record
+        stdout = layout.decode(output, "o")[0].decode()
+        assert stdout in self.runs, f"{job_id}: kept output {stdout!r} comes from no run"
+        executor, attempt = self.runs[stdout].split()
+        assert (record["x"], record["a"]) == (executor, int(attempt)), (record, self.runs[stdout])
+
+    # ------------------------------------------------------------------
+    # Liveness
+
+    def settle(self, iterations: int = 3000) -> int:
+        """No more faults: restart everyone, then deliver, finish and tick until
+        every acknowledged job is final at its home."""
+        for name in NAMES:
+            if not self.peers[name].up:
+                self.restart(name)
+        for i in range(iterations):
+            if all(self.is_final(job_id) for job_id in self.acked):
+                return i
+            self.deliver_queued()
+            for name in NAMES:
+                for job_id in sorted(self.peers[name].running):
+                    self.finish(name, job_id)
+            self.advance(SUBSTEP_S, deliver=True)
+            self.check()
+        open_jobs = {j: self.home_record(j) for j in sorted(self.acked) if not self.is_final(j)}
+        raise AssertionError(f"not final after {iterations} rounds: {open_jobs}\n" + "\n".join(self.log[-60:]))
+
+    def is_final(self, job_id: str) -> bool:
+        record = self.home_record(job_id)
+        return record is not None and record.state.final
+
+
+# ---------------------------------------------------------------------------
+# The state machine
+
+MODES = st.sampled_from([SYNC, SYNC, CRASH_AFTER_SYNC, CRASH_BEFORE_SYNC])
+DT = st.one_of(st.floats(0.01, 2.0), st.just(5.0))
+
+
+class ThreePeers(RuleBasedStateMachine):
+    """Submits, deliveries, broken links, exits, crashes at any point of a
+    batch, restarts and time passing, in any order hypothesis finds."""
+
+    @initialize()
+    def start(self):
+        self.w = World()
+        self.w.warm_up()
+        assert self.w.all_alive(), self.w.views()
+
+    def _live(self):
+        return self.w.live()
+
+    @rule(data=st.data(), count=st.integers(1, 5))
+    @precondition(lambda self: self.w.live())
+    def submit(self, data, count):
+        name = data.draw(st.sampled_from(self.w.live()), label="peer")
+        self.w.submit(name, count)
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.w.nonempty_links())
+    def deliver(self, data):
+        link = data.draw(st.sampled_from(self.w.nonempty_links()), label="link")
+        self.w.deliver(link)
+
+    @rule()
+    @precondition(lambda self: self.w.nonempty_links())
+    def deliver_all_queued(self):
+        self.w.deliver_queued()
+
+    @rule(link=st.sampled_from(sorted((a, b) for a in NAMES for b in NAMES if a != b)))
+    def break_link(self, link):
+        self.w.break_link(link)
+
+    @rule(data=st.data())
+    @precondition(lambda self: any(p.running for p in self.w.peers.values()))
+    def finish(self, data):
+        name = data.draw(st.sampled_from([n for n in NAMES if self.w.peers[n].running]), label="peer")
+        job_id = data.draw(st.sampled_from(sorted(self.w.peers[name].running)), label="job")
+        self.w.finish(name, job_id)
+
+    @rule(data=st.data(), last=st.sampled_from(["none", "message", "exit", "tick", "submit"]),
+          synced=st.booleans())
+    @precondition(lambda self: self.w.live())
+    def crash(self, data, last, synced):
+        """Crash a peer, either idle or in the middle of the batch of one more
+        event: before its sync, or after the sync but before any send."""
+        w = self.w
+        name = data.draw(st.sampled_from(w.live()), label="peer")
+        mode = CRASH_AFTER_SYNC if synced else CRASH_BEFORE_SYNC
+        inbound = [link for link in w.nonempty_links() if link[1] == name]
+        if last == "message" and inbound:
+            w.deliver(data.draw(st.sampled_from(inbound), label="link"), mode)
+        elif last == "exit" and w.peers[name].running:
+            w.finish(name, data.draw(st.sampled_from(sorted(w.peers[name].running)), label="job"), mode)
+        elif last == "tick":
+            w.tick(name, mode)
+        elif last == "submit":
+            w.submit(name, data.draw(st.integers(1, 3), label="count"), mode)
+        if w.peers[name].up:
+            w.crash(name)
+
+    @rule(data=st.data())
+    @precondition(lambda self: len(self.w.live()) < len(NAMES))
+    def restart(self, data):
+        name = data.draw(st.sampled_from([n for n in NAMES if not self.w.peers[n].up]), label="peer")
+        self.w.restart(name)
+
+    @rule(dt=DT, deliver=st.booleans())
+    def tick(self, dt, deliver):
+        self.w.advance(dt, deliver)
+
+    @invariant()
+    def invariants(self):
+        self.w.check()
+
+    def teardown(self):
+        w = getattr(self, "w", None)
+        if w is None:
+            return
+        w.settle()
+        for job_id in w.acked:
+            assert w.is_final(job_id)
+            # Final exactly once: the record kept is the first final one the home made durable.
+            assert w.final[job_id][0] == w.peers[home_of(job_id)].store._durable[layout.key(layout.JOB, job_id)]
+
+
+TestThreePeers = ThreePeers.TestCase
+TestThreePeers.settings = settings(
+    max_examples=50,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+# ---------------------------------------------------------------------------
+# Specific crash points (docs/cluster.md), deterministic
+
+
+def handoffs(w: World, sender: str) -> list[tuple[str, Handoff]]:
+    return [(b, m) for (a, b), q in w.links.items() if a == sender for m in q if isinstance(m, Handoff) and m.jobs]
+
+
+def deliver_until(w: World, predicate, link: tuple[str, str]) -> object:
+    """Deliver link's messages in order up to (not including) the first one
+    `predicate` accepts, and return that one, still at the head."""
+    queue = w.links[link]
+    while queue:
+        if predicate(queue[0]):
+            return queue[0]
+        w.deliver(link)
+    raise AssertionError(f"no matching message on {link}")
+
+
+def place_remote(w: World) -> tuple[str, str]:
+    """Submit to p1 until one job is pushed to another peer; return (job, receiver)
+    with the Handoff at the head of the link (p1, receiver)."""
+    for _ in range(5):
+        w.submit("p1", 3)
+        found = handoffs(w, "p1")
+        if found:
+            receiver, handoff = found[0]
+            deliver_until(w, lambda m: m is handoff, ("p1", receiver))
+            return handoff.jobs[0].job_id, receiver
+        w.advance(0.3, deliver=True)
+    raise AssertionError("p1 never pushed a job")
+
+
+def test_receiver_synced_the_handoff_and_crashed_before_acking_runs_twice_keeps_one():
+    w = World()
+    w.warm_up()
+    job, receiver = place_remote(w)
+    # The receiver makes q/ durable and dies before its HandoffAck leaves.
+    w.deliver(("p1", receiver), CRASH_AFTER_SYNC)
+    assert durable(w.peers[receiver], layout.HELD, job) is not None
+    assert durable(w.peers["p1"], layout.HELD, job) is not None  # the sender still holds it too
+    w.check()
+    # Membership declares the receiver dead: p1 takes the job back and runs it.
+    for _ in range(200):
+        w.advance(SUBSTEP_S, deliver=True)
+        for name in w.live():
+            for j in sorted(w.peers[name].running):
+                if j != job:
+                    w.finish(name, j)
+        if job in w.peers["p1"].running or any(job in w.peers[n].running for n in w.live()):
+            break
+    runner = next(n for n in w.live() if job in w.peers[n].running)
+    assert runner != receiver
+    w.finish(runner, job)  # its result is kept first
+    w.check()
+    kept = w.home_record(job)
+    assert kept.state.final and kept.executor == runner
+    # The receiver comes back with the job in its q/ and runs it again.
+    w.restart(receiver)
+    assert job in w.peers[receiver].core.queue or job in w.peers[receiver].running
+    for _ in range(100):
+        if job in w.peers[receiver].running:
+            break
+        w.advance(SUBSTEP_S, deliver=False)  # keep the home's CancelJob from arriving first
+    assert job in w.peers[receiver].running
+    w.finish(receiver, job)  # a second result: acked and ignored
+    assert w.starts[job] >= 2  # (the receiver may also have started it in the batch it lost)
+    w.settle()
+    w.advance(1.0, deliver=True)
+    w.check()
+    assert w.home_record(job) == kept
+    assert all(durable(p, layout.OUTBOX, job) is None for p in w.peers.values())
+
+
+def test_executor_crashes_after_its_result_is_in_the_outbox_result_resent_after_restart():
+    w = World()
+    w.warm_up()
+    job, receiver = place_remote(w)
+    w.deliver(("p1", receiver))
+    deliver_until(w, lambda m: isinstance(m, HandoffAck), (receiver, "p1"))
+    w.deliver((receiver, "p1"))  # p1 deletes its q/
+    assert durable(w.peers["p1"], layout.HELD, job) is None
+    for _ in range(100):
+        if job in w.peers[receiver].running:
+            break
+        for j in sorted(w.peers[receiver].running):
+            w.finish(receiver, j)
+        w.advance(SUBSTEP_S, deliver=False)
+    assert job in w.peers[receiver].running
+    w.finish(receiver, job, CRASH_AFTER_SYNC)
+    assert durable(w.peers[receiver], layout.OUTBOX, job) is not None
+    assert durable(w.peers[receiver], layout.HELD, job) is None
+    assert not w.home_record(job).state.final
+    w.check()
+    w.advance(0.5, deliver=True)
+    w.restart(receiver)
+    for _ in range(100):
+        w.advance(SUBSTEP_S, deliver=True)
+        if durable(w.peers[receiver], layout.OUTBOX, job) is None:
+            break
+    record = w.home_record(job)
+    assert record.state.final and record.executor == receiver and w.starts[job] == 1
+    assert durable(w.peers[receiver], layout.OUTBOX, job) is None
+    w.check()
+
+
+def test_home_down_while_the_result_is_sent_is_resent_with_backoff_until_it_is_back():
+    w = World()
+    w.warm_up()
+    job, receiver = place_remote(w)
+    w.deliver(("p1", receiver))
+    deliver_until(w, lambda m: isinstance(m, HandoffAck), (receiver, "p1"))
+    w.deliver((receiver, "p1"))
+    for _ in range(100):
+        if job in w.peers[receiver].running:
+            break
+        for j in sorted(w.peers[receiver].running):
+            w.finish(receiver, j)
+        w.advance(SUBSTEP_S, deliver=False)
+    w.crash("p1")  # the home dies
+    sent_before = len(w.sent)
+    w.finish(receiver, job)
+    w.advance(12.0, deliver=True)
+    resends = [t for t, a, b, m in w.sent[sent_before:] if isinstance(m, JobResult) and m.job_id == job]
+    assert len(resends) >= 4, resends
+    gaps = [round(b - a, 2) for a, b in zip(resends, resends[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] <= CONFIG.result_retry_max_s + SUBSTEP_S, gaps
+    assert durable(w.peers[receiver], layout.OUTBOX, job) is not None
+    w.restart("p1")
+    w.advance(CONFIG.result_retry_max_s + 1.0, deliver=True)
+    record = w.home_record(job)
+    assert record.state.final and record.executor == receiver
+    assert durable(w.peers[receiver], layout.OUTBOX, job) is None
+    w.check()
+    w.settle()
