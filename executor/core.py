@@ -557,7 +557,8 @@ class PeerCore:
         if job.home == self.peer_id:
             self._accept_result(result)
         else:
-            self.outbox[ev.job_id] = _Outgoing(result, job.home, now, self.config.result_retry_s)
+            retry_s = self.config.result_retry_s
+            self.outbox[ev.job_id] = _Outgoing(result, job.home, now + retry_s, retry_s)
             self._writes.append(
                 (layout.key(layout.OUTBOX, ev.job_id), layout.encode({"h": job.home, "r": _result_dict(result)}))
             )

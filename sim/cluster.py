@@ -695,7 +695,12 @@ def _plot(path: str, rec: Record, t_start: float, t_end: float) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(11, 4.5))
     for name in sorted(rec.loads):
-        pts = [(t, v) for t, v in rec.loads[name] if t_start - 1 <= t <= t_end]
+        pts = []
+        for t, v in rec.loads[name]:
+            if t_start - 1 <= t <= t_end:
+                if pts and t - pts[-1][0] > 0.3:
+                    pts.append((t, float("nan")))  # no samples: the peer was down; break the line
+                pts.append((t, v))
         if pts:
             ax.plot([t for t, _ in pts], [v for _, v in pts], label=name, linewidth=0.9)
     for k in rec.kills:
