@@ -302,6 +302,8 @@ class PeerCore:
                 member = action.member
                 self.cluster.note_state(member.id, member.state, now)
                 self._writes.append((layout.key(layout.PEER, member.id), layout.encode(member.addr)))
+                if member.state is gossip.MemberState.ALIVE:
+                    self._home_is_back(member.id, now)
                 before = action.previous.state.value if action.previous is not None else "unknown"
                 self._log(f"peer {member.id} at {member.addr}: {before} -> {member.state.value} "
                           f"(incarnation {member.incarnation})")
@@ -778,6 +780,14 @@ class PeerCore:
             self._send(msg.executor, CancelJob(msg.job_id))
             return
         self._move_record(record, msg.attempt, msg.moves, msg.executor, msg.running)
+
+    def _home_is_back(self, peer_id: str, now: float) -> None:
+        """A peer came (back) to life: results waiting for it go now, not
+        after whatever back-off its absence had grown to."""
+        for out in self.outbox.values():
+            if out.home == peer_id:
+                out.next_send_at = now
+                out.backoff_s = self.config.result_retry_s
 
     def _resend_results(self, now: float) -> None:
         for out in self.outbox.values():

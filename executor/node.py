@@ -137,7 +137,7 @@ class Node:
         """Every counter of this peer: jobs, queue, links, membership, clients."""
         core = self.core
         out = {f"jobs_{k}": v for k, v in dataclasses.asdict(core.counters).items()}
-        out.update(queued=len(core.queue), running=len(core.running), slots=self.slots,
+        out.update(issued=core.next_seq - 1, queued=len(core.queue), running=len(core.running), slots=self.slots,
                    records=len(core.records), outbox=len(core.outbox), lends=len(core.lends),
                    clients=self.clients, incarnation=core.cluster.membership.incarnation)
         out.update({f"link_{k}": v for k, v in sorted(self.links.stats.items())})

@@ -790,7 +790,11 @@ def main(argv: list[str] | None = None) -> int:
         _print_report(outcome.report)
         if args.json:
             print(json.dumps(outcome.report), flush=True)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # trio wraps a Ctrl-C raised inside a nursery in an exception group
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None)
+        if not interrupted:
+            raise
         _say("interrupted; every peer stopped")
         return 130
     finally:

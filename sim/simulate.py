@@ -74,7 +74,7 @@ from executor.core import (
 )
 from executor.protocol import JobSpec, Submit, split_job_id
 from gossip import wire
-from gossip.membership import GOSSIP_MESSAGES
+from gossip.membership import GOSSIP_MESSAGES, MemberState
 from storage import layout
 from storage.store import MemoryStore
 
@@ -147,7 +147,10 @@ class Options:
     wire: bool | None = None  # None: on for small runs
     long_jobs: float = 0.05  # share of jobs sleeping 100-1000 ms (the rest 0-50 ms)
     trace: bool = False
-    check_membership: bool = True
+    check_membership: str = "auto"  # full: validate_state() every step; period: once per peer per probe period
+
+    def membership_full(self) -> bool:
+        return self.check_membership == "full" or (self.check_membership == "auto" and self.peers <= 50)
     hash_trace: bool = True
 
     def wire_on(self) -> bool:
@@ -195,6 +198,7 @@ class _Peer:
         self.jobs: dict[str, tuple[int, int]] = {}  # running here: job id -> (attempt, generation)
         self.clients: dict[tuple, int] = {}  # outstanding SUBMIT token -> job number
         self.down_since = 0.0
+        self.next_validate_at = 0.0
         self.sent = Counter()
 
 
@@ -283,6 +287,7 @@ class Simulation:
         self.imbalance: list[tuple[bool, int, bool]] = []
         self.converged_at: float | None = None
         self.ack_checks: list[str] = []
+        self.membership_full = opts.membership_full()
 
     # ------------------------------------------------------------------
     # The heap
@@ -404,7 +409,7 @@ class Simulation:
             peer.pending_writes += writes
         if not peer.syncing and (peer.pending_writes or peer.pending_actions):
             self._commit(peer)
-        self._check_step(peer)
+        self._check_step(peer, event)
 
     def _commit(self, peer: _Peer) -> None:
         writes, actions = peer.pending_writes, peer.pending_actions
@@ -719,13 +724,20 @@ class Simulation:
     # ------------------------------------------------------------------
     # Invariants
 
-    def _check_step(self, peer: _Peer) -> None:
+    def _check_step(self, peer: _Peer, event) -> None:
         core = peer.core
         if len(core.running) > core.slots:
             raise InvariantViolation(f"{peer.name}: core runs {len(core.running)} jobs on {core.slots} slots")
-        if self.opts.check_membership:
+        membership = core.cluster.membership
+        me = membership.member(peer.name)
+        if me is None or me.state is not MemberState.ALIVE:
+            raise InvariantViolation(f"{peer.name} believes itself {me.state.value if me else 'unknown'}")
+        # validate_state() is O(members): on large runs it is run once per
+        # peer per probe period (its ticks) instead of after every step.
+        if self.membership_full or (event is _TICK_EVENT and self.now >= peer.next_validate_at):
+            peer.next_validate_at = self.now + self.config.gossip.probe_interval_s
             try:
-                core.cluster.membership.validate_state()
+                membership.validate_state()
             except AssertionError as exc:
                 raise InvariantViolation(f"{peer.name}: membership state invalid: {exc!r}") from None
 
@@ -870,8 +882,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wire", dest="wire", action="store_true", default=None,
                    help="encode and decode every message with gossip.wire (default when peers*jobs <= 200000)")
     p.add_argument("--no-wire", dest="wire", action="store_false")
-    p.add_argument("--no-membership-check", action="store_true",
-                   help="skip Membership.validate_state() after each step")
+    p.add_argument("--check-membership", choices=["auto", "full", "period"], default="auto",
+                   help="Membership.validate_state() after every step (full) or once per peer per probe "
+                        "period (period); auto: full up to 50 peers")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trace", action="store_true", help="print every event delivered to a core")
     return p
@@ -890,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         peers=args.peers, jobs=args.jobs, seed=seed, slots=args.slots, submit_to=args.submit_to,
         crash_every_s=args.crash_every, partition_every_s=args.partition_every, break_every_s=args.break_every,
         duration_s=args.duration, liveness_s=args.liveness_s, wire=args.wire, long_jobs=args.long_jobs,
-        trace=args.trace, check_membership=not args.no_membership_check,
+        trace=args.trace, check_membership=args.check_membership,
     )
     report = simulate(opts)
     if args.json:
