@@ -37,6 +37,7 @@ the protocol raises `ConnectionError`.
 from __future__ import annotations
 
 import math
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -311,7 +312,12 @@ def stats_of(reply: Reply) -> dict[str, int]:
 
 
 def _connect_error(addr: str, exc: OSError) -> Unreachable:
-    why = exc.strerror or str(exc) or type(exc).__name__
+    cause = exc.__cause__  # trio: "all attempts to connect ... failed", the real error inside
+    while isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError):
+        exc = cause
+    why = (os.strerror(exc.errno) if exc.errno else exc.strerror) or str(exc) or type(exc).__name__
     if isinstance(exc, (socket.timeout, TimeoutError)):
         why = "timed out"
     return Unreachable(f"cannot reach peer {addr}: {why.lower() if why[:1].isupper() else why}"

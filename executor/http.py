@@ -22,6 +22,7 @@ Routes:
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import logging
 import time
@@ -173,18 +174,16 @@ def job_row(record) -> dict:
 def recent_jobs(node, *, state: str | None = None, text: str | None = None, limit: int = 50) -> dict:
     records = node.core.records
     counts = collections.Counter(r.state.value for r in records.values())
-    out = []
-    # Records are kept in submission order; newest first.
-    for job_id in reversed(records):
-        record = records[job_id]
-        if state and record.state.value != state:
-            continue
-        if text and text not in job_id and text not in record.spec.command:
-            continue
-        out.append(job_row(record))
-        if len(out) >= limit:
-            break
+    matching = (r for r in records.values()
+                if (not state or r.state.value == state)
+                and (not text or text in r.job_id or text in r.spec.command))
+    out = [job_row(r) for r in heapq.nlargest(limit, matching, key=_newest)]
     return {"peer": node.peer_id, "counts": dict(counts), "total": len(records), "jobs": out}
+
+
+def _newest(record) -> tuple[float, int]:
+    seq = record.job_id.rpartition("-")[2]
+    return record.submitted_at, int(seq) if seq.isdigit() else 0
 
 
 class History:

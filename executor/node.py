@@ -90,6 +90,7 @@ class Node:
         store: Store | None = None,
         clock=time.time,
         connect=None,
+        http: tuple[str, int] | None = None,
     ) -> None:
         """`clock` and `connect` (how to open a link to "host:port") are
         parameters so that tests can run peers on trio's virtual clock over
@@ -124,6 +125,9 @@ class Node:
         self.links = None
         self.listening = trio.Event()
         self.bound_port: int | None = None
+        self.http = http  # (host, port) of the dashboard and /metrics (executor/http.py), or None
+        self.http_port: int | None = None
+        self.on_commit = None  # set by executor/http.py: called with (writes, seconds) per synced batch
 
     def _kill_orphans(self) -> None:
         stale = list(self.store.scan(layout.PID))
@@ -177,6 +181,10 @@ class Node:
                 nursery.start_soon(self._ticker)
                 if listeners:
                     nursery.start_soon(trio.serve_listeners, self.serve, listeners)
+                if self.http is not None:
+                    from executor.http import serve_http
+
+                    await nursery.start(serve_http, self)
                 self.listening.set()
                 task_status.started(self.bound_port)
         finally:
@@ -243,10 +251,13 @@ class Node:
             self._pending_writes, self._pending_actions = [], []
             self._committed.unpark_all()
             if writes:
+                started = time.perf_counter()
                 if len(writes) <= self.config.commit_inline_writes_max:
                     self._write(writes)
                 else:
                     await trio.to_thread.run_sync(self._write, writes)
+                if self.on_commit is not None:
+                    self.on_commit(len(writes), time.perf_counter() - started)
             for action in actions:
                 self._execute(action)
 

@@ -49,6 +49,7 @@ import heapq
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -145,6 +146,7 @@ class Options:
     duration_s: float = 6.0
     liveness_s: float = 60.0
     wire: bool | None = None  # None: on for small runs
+    slow_syncs: float = 0.01  # share of fsyncs that stall 50-500 ms (during the fault phase too: a fault)
     long_jobs: float = 0.05  # share of jobs sleeping 100-1000 ms (the rest 0-50 ms)
     trace: bool = False
     check_membership: str = "auto"  # full: validate_state() every step; period: once per peer per probe period
@@ -164,7 +166,7 @@ class Options:
             f"--submit-to {self.submit_to}", f"--crash-every {self.crash_every_s:g}",
             f"--partition-every {self.partition_every_s:g}", f"--break-every {self.break_every_s:g}",
             f"--duration {self.duration_s:g}", f"--liveness-s {self.liveness_s:g}",
-            f"--long-jobs {self.long_jobs:g}", "--wire" if self.wire_on() else "--no-wire",
+            f"--long-jobs {self.long_jobs:g}", f"--slow-syncs {self.slow_syncs:g}", "--wire" if self.wire_on() else "--no-wire",
         ]
         return " ".join(parts)
 
@@ -227,6 +229,8 @@ class Report:
     messages_per_peer_s: float = 0.0
     messages_per_peer_period: float = 0.0
     gossip_per_peer_period: float = 0.0
+    steady_messages_per_peer_period: float = 0.0
+    steady_gossip_per_peer_period: float = 0.0
     messages_by_type: dict = field(default_factory=dict)
     dropped: dict = field(default_factory=dict)
     crashes: int = 0
@@ -288,6 +292,10 @@ class Simulation:
         self.converged_at: float | None = None
         self.ack_checks: list[str] = []
         self.membership_full = opts.membership_full()
+        # Messages in the second half of the fault phase: past the join burst.
+        self.steady_from = opts.duration_s / 2
+        self.steady_messages = 0
+        self.steady_gossip = 0
 
     # ------------------------------------------------------------------
     # The heap
@@ -387,11 +395,10 @@ class Simulation:
         now = self.now
         core.handle(event, now)
         self.report.steps += 1
+        if self.opts.trace:
+            self.out.write(f"{now!r} {peer.idx} {event!r}\n")
         if self.opts.hash_trace:
-            line = f"{now!r} {peer.idx} {event!r}\n"
-            self.hash.update(line.encode())
-            if self.opts.trace:
-                self.out.write(line)
+            self.hash.update(f"{now!r} {peer.idx} {_digest(event)}\n".encode())
         writes, actions = core.take()
         pending = peer.pending_actions
         for action in actions:
@@ -417,7 +424,12 @@ class Simulation:
         if writes:
             peer.syncing = True
             peer.in_sync = (writes, actions)
-            self._push(self.now + self.disk_rng.uniform(0.0002, 0.002), _SYNC, peer.idx, peer.epoch)
+            rng = self.disk_rng
+            if self.fault_phase and self.opts.slow_syncs > 0 and rng.random() < self.opts.slow_syncs:
+                delay = rng.uniform(0.05, 0.5)  # a stalled disk (a fault)
+            else:
+                delay = rng.uniform(0.0002, 0.002)
+            self._push(self.now + delay, _SYNC, peer.idx, peer.epoch)
         else:
             self._carry_out(peer, actions)
             self._flush_ack_checks()
@@ -438,6 +450,8 @@ class Simulation:
             if key[:2] in _JOB_PREFIXES and key not in touched:
                 touched[key] = durable.get(key)
         peer.store.write(writes, sync=True)
+        if self.opts.hash_trace:
+            self.hash.update(b"".join(k + b"=" + (v if v is not None else b"-") + b";" for k, v in writes))
         self._carry_out(peer, actions)
         self._check_touched(peer, touched)
         self._flush_ack_checks()
@@ -546,6 +560,10 @@ class Simulation:
     def _send(self, peer: _Peer, send: Send) -> None:
         msg = send.message
         self.report.messages += 1
+        if self.steady_from <= self.now < self.opts.duration_s:
+            self.steady_messages += 1
+            if isinstance(msg, GOSSIP_MESSAGES):
+                self.steady_gossip += 1
         tname = type(msg).__name__
         self.types[tname] += 1
         peer.sent[tname] += 1
@@ -840,6 +858,11 @@ class Simulation:
             gossip_names = {t.__name__ for t in GOSSIP_MESSAGES}
             gossip_msgs = sum(v for k, v in self.types.items() if k in gossip_names)
             r.gossip_per_peer_period = gossip_msgs / len(self.peers) / self.now * period
+        steady_s = min(self.now, opts.duration_s) - self.steady_from
+        if steady_s > 0 and self.peers:
+            per = self.config.gossip.probe_interval_s / len(self.peers) / steady_s
+            r.steady_messages_per_peer_period = self.steady_messages * per
+            r.steady_gossip_per_peer_period = self.steady_gossip * per
         r.messages_by_type = dict(sorted(self.types.items()))
         r.dropped = dict(sorted(self.dropped.items()))
 
@@ -851,6 +874,20 @@ class Simulation:
         r.imbalance_busy_avg = avg([s for _, s, busy in self.imbalance if busy])
         r.imbalance_max = max((s for _, s, _ in self.imbalance), default=0)
         r.trace_hash = self.hash.hexdigest() if opts.hash_trace else ""
+
+
+def _digest(event) -> str:
+    """What the trace hash takes of an event delivered to a core: all of it,
+    except a gossip message's piggybacked updates (their effects show up in
+    the durable writes and in every later event; their repr was a tenth of
+    the run time at 200 peers)."""
+    if type(event) is PeerMessage:
+        msg = event.message
+        if isinstance(msg, GOSSIP_MESSAGES):
+            return f"{event.sender} {type(msg).__name__} {msg.from_incarnation} {getattr(msg, 'seq', '')}"
+    elif event is _TICK_EVENT:
+        return "Tick"
+    return repr(event)
 
 
 def simulate(opts: Options, config: Config | None = None, out=None) -> Report:
@@ -878,6 +915,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=6.0, metavar="SECONDS", help="length of the fault phase")
     p.add_argument("--liveness-s", type=float, default=60.0, metavar="SECONDS",
                    help="bound for every acknowledged job to be final after faults stop")
+    p.add_argument("--slow-syncs", type=float, default=0.01, metavar="SHARE",
+                   help="share of fsyncs that stall 50-500 ms instead of 0.2-2 ms")
     p.add_argument("--long-jobs", type=float, default=0.05, help="share of jobs sleeping 100-1000 ms")
     p.add_argument("--wire", dest="wire", action="store_true", default=None,
                    help="encode and decode every message with gossip.wire (default when peers*jobs <= 200000)")
@@ -893,16 +932,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     # str hashes are salted per process and the cores iterate sets of job ids,
-    # so a replay in another process needs the same salt (docs/simulation.md).
+    # so a replay in another process needs the same salt: run under
+    # PYTHONHASHSEED=0 (in a child process if this one was started without it).
     if os.environ.get("PYTHONHASHSEED") != "0":
-        os.environ["PYTHONHASHSEED"] = "0"
-        cmd = [sys.executable, "-m", "sim", "simulate", *(sys.argv[2:] if argv is None else argv)]
-        os.execv(sys.executable, cmd)
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        argv = sys.argv[1:] if argv is None else argv
+        return subprocess.run([sys.executable, "-m", "sim", "simulate", *argv], env=env).returncode
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     opts = Options(
         peers=args.peers, jobs=args.jobs, seed=seed, slots=args.slots, submit_to=args.submit_to,
         crash_every_s=args.crash_every, partition_every_s=args.partition_every, break_every_s=args.break_every,
-        duration_s=args.duration, liveness_s=args.liveness_s, wire=args.wire, long_jobs=args.long_jobs,
+        duration_s=args.duration, liveness_s=args.liveness_s, wire=args.wire, long_jobs=args.long_jobs, slow_syncs=args.slow_syncs,
         trace=args.trace, check_membership=args.check_membership,
     )
     report = simulate(opts)
@@ -929,7 +969,8 @@ def format_report(r: Report) -> str:
         f"jobs run more than once {r.jobs_run_more_than_once}",
         f"  events {r.events}, core steps {r.steps}, syncs {r.syncs}, submit retries {r.submit_retries}",
         f"  messages {r.messages}: {r.messages_per_peer_s:.1f}/peer/s, {r.messages_per_peer_period:.2f}/peer/period "
-        f"(gossip {r.gossip_per_peer_period:.2f})",
+        f"(gossip {r.gossip_per_peer_period:.2f}); second half of the fault phase: "
+        f"{r.steady_messages_per_peer_period:.2f}/peer/period (gossip {r.steady_gossip_per_peer_period:.2f})",
         f"  dropped {r.dropped}",
         f"  imbalance (max-min of queued+running, alive peers): fault phase avg {r.imbalance_fault_avg:.2f}, "
         f"liveness avg {r.imbalance_liveness_avg:.2f}, while busy {r.imbalance_busy_avg:.2f}, max {r.imbalance_max}",
@@ -938,3 +979,5 @@ def format_report(r: Report) -> str:
     if not r.ok:
         lines.append(f"  replay: {r.command}")
     return "\n".join(lines)
+if __name__ == "__main__":
+    sys.exit(main())

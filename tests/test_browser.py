@@ -1,0 +1,64 @@
+"""The dashboard in a real browser: headless Chromium from Debian's packages
+(`.ci/run` installs it) loads the page of a live peer; the peers and a
+submitted job must appear, and a screenshot is saved (to $PEERJOBS_SCREENSHOT
+too when set, e.g. docs/img/dashboard.png)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from executor.client import Client
+from tests.conftest import PeerProcess, free_port
+from tests.test_http import wait_http
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: apt-get install chromium)")
+
+
+def chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
+         "--virtual-time-budget=5000", *args, url],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_dashboard_shows_peers_and_a_job(tmp_path):
+    port = free_port()
+    a = PeerProcess(tmp_path, name="web1", slots=2, extra=["--http", f"127.0.0.1:{port}"])
+    a.start()
+    b = PeerProcess(tmp_path, name="web2", slots=2, join=[a.addr])
+    b.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base)
+        with Client(a.addr) as c:
+            deadline = time.monotonic() + 10
+            while len(c.peers()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            job = c.submit("echo browser-check-output")
+            c.wait(job, timeout_s=10)
+        url = f"{base}/#job={job}"
+        dom = chromium(tmp_path, url, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        for text in ("web1", "web2", f"127.0.0.1:{b.port}", job, "echo browser-check-output",
+                     "browser-check-output\n", "alive"):
+            assert text in html, f"{text!r} not on the page"
+        shot = tmp_path / "dashboard.png"
+        proc = chromium(tmp_path, url, f"--screenshot={shot}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+        if os.environ.get("PEERJOBS_SCREENSHOT"):
+            shutil.copy(shot, os.environ["PEERJOBS_SCREENSHOT"])
+    finally:
+        b.stop()
+        a.stop()
