@@ -31,6 +31,12 @@ class _View:
     version: tuple[int, int]  # (incarnation, load version) it came from
     delta: int = 0  # jobs we moved to (+) or from (-) that peer since then
 
+    def current(self) -> balance.PeerLoad:
+        load = self.load
+        if not self.delta:
+            return load
+        return balance.PeerLoad(load.peer_id, max(0, load.queued + self.delta), load.running, load.slots)
+
 
 class Cluster:
     def __init__(self, peer_id: str, addr: str, incarnation: int, config: Config, rng: random.Random, now: float):
@@ -44,6 +50,8 @@ class Cluster:
             steal_threshold=config.steal_threshold, steal_batch_max=config.handoff_batch_max
         )
         self._views: dict[str, _View] = {}
+        self._loads: list[balance.PeerLoad] | None = None  # built at most once per tick
+        self._heard_at: dict[str, str] = {}  # peer id -> address its last link announced
         self.dead_since: dict[str, float] = {}
 
     # --- membership passthrough: each returns membership actions
@@ -52,7 +60,15 @@ class Cluster:
         return self.membership.join(seeds, list(known.items()), now)
 
     def tick(self, now: float) -> list:
+        self._loads = None
         return self.membership.tick(now)
+
+    def heard_from(self, peer_id: str, addr: str) -> None:
+        """A peer's link announced `addr`: where to answer it even before
+        membership has heard of it (a first steal or handoff can outrun the
+        gossip that introduces its sender)."""
+        if len(self._heard_at) < self.config.gossip.members_max or peer_id in self._heard_at:
+            self._heard_at[peer_id] = addr
 
     def receive(self, sender: str, msg, now: float) -> list:
         if not isinstance(msg, GOSSIP_MESSAGES):
@@ -71,12 +87,13 @@ class Cluster:
         else:
             self.dead_since.pop(peer_id, None)
         self._views.pop(peer_id, None)
+        self._loads = None
 
     # --- questions
 
     def address_of(self, peer_id: str) -> str | None:
         member = self.membership.member(peer_id)
-        return member.addr if member is not None else None
+        return member.addr if member is not None else self._heard_at.get(peer_id)
 
     def is_alive(self, peer_id: str) -> bool:
         return self.membership.is_alive(peer_id)
@@ -93,9 +110,22 @@ class Cluster:
         return None
 
     def loads(self) -> list[balance.PeerLoad]:
-        """Our view of every other alive peer's load, with our own moves applied."""
+        """Our view of every other alive peer's load, with our own moves
+        applied. Built once per tick (O(members)), then kept up to date by
+        `moved` and `observed`, so that a burst of submissions does not scan
+        the member table once per job."""
+        if self._loads is None:
+            self._loads = self._build_loads()
+        return self._loads
+
+    def _build_loads(self) -> list[balance.PeerLoad]:
         out = []
-        for m in self.membership.alive_peers():
+        alive = self.membership.alive_peers()
+        if len(alive) > self.config.balance_sample_max:
+            # A large cluster: look at a random sample (power of d choices);
+            # the cost of a decision stays constant whatever the size.
+            alive = self.rng.sample(alive, self.config.balance_sample_max)
+        for m in alive:
             if m.load is None:
                 continue
             version = (m.incarnation, m.load.version)
@@ -103,10 +133,7 @@ class Cluster:
             if view is None or view.version != version:
                 load = balance.PeerLoad(m.id, m.load.queued, m.load.running, max(1, m.load.slots))
                 view = self._views[m.id] = _View(load, version)
-            load = view.load
-            if view.delta:
-                load = balance.PeerLoad(m.id, max(0, load.queued + view.delta), load.running, load.slots)
-            out.append(load)
+            out.append(view.current())
         return out
 
     def moved(self, peer_id: str, jobs: int) -> None:
@@ -114,12 +141,23 @@ class Cluster:
         view = self._views.get(peer_id)
         if view is not None:
             view.delta += jobs
+            self._refresh(peer_id, view)
 
     def observed(self, load: balance.PeerLoad) -> None:
         """First-hand load of a peer (it came with its own message)."""
         view = self._views.get(load.peer_id)
         if view is not None:
             view.load, view.delta = load, 0
+            self._refresh(load.peer_id, view)
+
+    def _refresh(self, peer_id: str, view: _View) -> None:
+        """Update the cached list in place (no rescan of the member table)."""
+        if self._loads is None:
+            return
+        for i, load in enumerate(self._loads):
+            if load.peer_id == peer_id:
+                self._loads[i] = view.current()
+                return
 
     def push_target(self, me: balance.PeerLoad) -> str | None:
         others = self.loads()

@@ -99,6 +99,16 @@ class Config:
     steal_interval_s: float = 0.01
     """How often an underloaded peer may start a steal."""
 
+    steal_idle_recheck_s: float = 0.1
+    """After a look at the loads found nobody worth stealing from, the next
+    look waits this long (half a probe period: loads are gossiped once per
+    period), unless a slot frees up here first."""
+
+    balance_sample_max: int = 32
+    """Peers a balancing decision looks at. Up to this many, all of them;
+    beyond, a fresh random sample each tick, with the mean estimated from it
+    (power of d choices): decisions cost O(1), not O(cluster size)."""
+
     steal_threshold: float = 1.0
     """A thief asks only a peer ahead of it by more than this many jobs' worth
     (normalised by slots). Any value below 2 balances down to single jobs;

@@ -109,6 +109,7 @@ class JobExited:
 class PeerMessage:
     sender: str
     message: Any
+    sender_addr: str | None = None  # from the link's hello: where to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,9 @@ class PeerCore:
         self.remote_open: set[str] = set()  # home records whose job is at another peer
         self.steals: dict[int, float] = {}  # request id -> deadline
         self._pushes: dict[str, list[HeldJob]] = {}  # receiver -> jobs to push at take()
-        self.next_request_id = 1
+        # Ids of steals and handoffs never repeat across restarts, so that an
+        # ack from a previous life cannot match a new handoff.
+        self.next_request_id = (snapshot.incarnation << 32) + 1
         self.next_steal_at = now
         self.next_reissue_scan_at = now
         self._writes: list[Write] = []
@@ -275,6 +278,8 @@ class PeerCore:
         elif kind is Tick:
             self._on_tick(now)
         elif kind is PeerMessage:
+            if event.sender_addr is not None and self.cluster is not None:
+                self.cluster.heard_from(event.sender, event.sender_addr)
             self._on_peer_message(event.sender, event.message, now)
         elif kind is PeerUnreachable:
             if self.cluster is not None:
@@ -548,6 +553,8 @@ class PeerCore:
             return  # a stale report from a job we already let go of
         del self.running[ev.job_id]
         self._writes.append((layout.key(layout.HELD, ev.job_id), None))
+        if not self.queue:
+            self.next_steal_at = min(self.next_steal_at, now)  # a free slot and nothing queued
         if ev.job_id in self.cancelled_running:
             self.cancelled_running.discard(ev.job_id)
             return
@@ -676,6 +683,10 @@ class PeerCore:
         me = self.load
         victim = self.cluster.victim(me)
         if victim is None:
+            # Loads are gossiped once per probe period: looking again every
+            # tick would mostly re-read the same news. A slot freeing up here
+            # (see _on_exited) looks again at once.
+            self.next_steal_at = now + self.config.steal_idle_recheck_s
             return
         want = balance.steal_request_size(me, victim, self.cluster.balance_config)
         if want <= 0:
@@ -744,7 +755,7 @@ class PeerCore:
 
     def _expire_lends(self, now: float) -> None:
         for transfer_id, lend in list(self.lends.items()):
-            if lend.deadline <= now or self.cluster.dead_for(lend.receiver, now) is not None:
+            if lend.deadline <= now or lend.receiver in self.cluster.dead_since:
                 del self.lends[transfer_id]
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):

@@ -105,7 +105,7 @@ class Links:
     async def serve_inbound(self, stream: trio.SocketStream, first: bytes) -> None:
         line, _, rest = first.partition(b"\n")
         try:
-            peer_id, _incarnation, _addr = wire.parse_hello(line + b"\n")
+            peer_id, _incarnation, addr = wire.parse_hello(line + b"\n")
         except wire.ProtocolError as exc:
             self.stats["bad_hello"] += 1
             log.warning("%s: refused a peer link: %s", self.node.peer_id, exc)
@@ -117,7 +117,7 @@ class Links:
             while True:
                 for payload in decoder.feed(data):
                     msg = wire.decode(payload)
-                    await inbox.send(PeerMessage(peer_id, msg))
+                    await inbox.send(PeerMessage(peer_id, msg, addr))
                     self.stats["frames_received"] += 1
                 data = await stream.receive_some(_RECEIVE_BYTES)
                 if not data:

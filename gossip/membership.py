@@ -372,6 +372,10 @@ class Membership:
         self._tombstones: dict[str, int] = {}
 
         self._bcast: dict[str, _Entry] = {}
+        # The same entries ordered by (transmits, rank, serial): picking the
+        # least-sent news is O(log n) per item, not a scan of the queue.
+        # Stale heap items (the entry changed or left) are skipped when popped.
+        self._bheap: list[tuple[int, int, int, str]] = []
         self._serial = 0
 
         self._probe_order: list[str] = []
@@ -841,6 +845,10 @@ class Membership:
         if old is not None and old.rank < rank:
             rank = old.rank  # a pending state change keeps its priority
         self._bcast[mid] = _Entry(0, rank, self._serial)
+        heapq.heappush(self._bheap, (0, rank, self._serial, mid))
+        if len(self._bheap) > 4 * len(self._bcast) + 64:
+            self._bheap = [(e.transmits, e.rank, e.serial, m) for m, e in self._bcast.items()]
+            heapq.heapify(self._bheap)
 
     def _update_of(self, m: Member) -> MemberUpdate:
         if m.is_self:
@@ -861,16 +869,29 @@ class Membership:
         if room <= 0 or not self._bcast:
             return tuple(out)
         limit = self.config.retransmit_limit(self._n())
-        picked = heapq.nsmallest(
-            room,
-            ((e.transmits, e.rank, e.serial, mid) for mid, e in self._bcast.items() if mid != to_id),
-        )
-        for _, _, _, mid in picked:
+        heap, bcast = self._bheap, self._bcast
+        picked: list[str] = []
+        kept_back = None
+        while heap and len(picked) < room:
+            item = heapq.heappop(heap)
+            transmits, _, serial, mid = item
+            entry = bcast.get(mid)
+            if entry is None or entry.serial != serial or entry.transmits != transmits:
+                continue  # stale: that news changed or was dropped since
+            if mid == to_id:
+                kept_back = item  # not news to the receiver itself
+                continue
+            picked.append(mid)
+        if kept_back is not None:
+            heapq.heappush(heap, kept_back)
+        for mid in picked:
             out.append(self._update_of(self._members[mid]))
-            entry = self._bcast[mid]
+            entry = bcast[mid]
             entry.transmits += 1
             if entry.transmits >= limit:
-                del self._bcast[mid]
+                del bcast[mid]
+            else:
+                heapq.heappush(heap, (entry.transmits, entry.rank, entry.serial, mid))
         return tuple(out)
 
     def _full_state(self) -> tuple[MemberUpdate, ...]:

@@ -94,45 +94,6 @@ class InvariantViolation(AssertionError):
     """A safety or liveness property of the cluster does not hold."""
 
 
-class SimStore(MemoryStore):
-    """`MemoryStore` with the same crash semantics, but a synced write costs
-    O(batch) instead of O(store): MemoryStore copies its whole live dict into
-    its durable one at every sync, which made a home holding 20,000 records
-    spend most of the simulation copying dicts. The simulation only ever writes
-    with sync=True, so live and durable stay equal and can be updated in step;
-    an unsynced write (none today) falls back to MemoryStore's own behaviour."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._unsynced = False
-
-    def write(self, writes, *, sync: bool) -> None:
-        if not sync or self._unsynced:
-            self._unsynced = not sync
-            super().write(writes, sync=sync)
-            return
-        assert not self.closed, "write to a closed store"
-        live, durable = self._live, self._durable
-        for key, value in writes:
-            if value is None:
-                live.pop(key, None)
-                durable.pop(key, None)
-            else:
-                live[key] = value
-                durable[key] = value
-        self.synced_batches += 1
-
-    def crash(self) -> None:
-        if self._unsynced:
-            super().crash()
-            self._unsynced = False
-        self.closed = False
-
-    @property
-    def durable(self) -> dict[bytes, bytes]:
-        return self._durable
-
-
 @dataclass
 class Options:
     peers: int = 5
@@ -189,7 +150,7 @@ class _Link:
 class _Peer:
     def __init__(self, idx: int, name: str, addr: str, seeds: list[str]) -> None:
         self.idx, self.name, self.addr, self.seeds = idx, name, addr, seeds
-        self.store = SimStore()
+        self.store = MemoryStore()
         self.core: PeerCore | None = None
         self.up = False
         self.epoch = 0  # bumped at every crash: heap entries of an older life are ignored
@@ -626,7 +587,7 @@ class Simulation:
             self._fail_link(link, self.net_rng.uniform(0.001, 0.2))
             return
         msg = wire.decode(payload) if self.wire else payload
-        self._step(dst, PeerMessage(src.name, msg))
+        self._step(dst, PeerMessage(src.name, msg, src.addr))
 
     def _is_cut(self, a: int, b: int) -> bool:
         cut = self.cut

@@ -53,16 +53,24 @@ class MemoryStore:
     """A store in memory whose `crash()` loses every unsynced write.
 
     Writes are applied to `_live` at once (so reads see them, as LevelDB's
-    memtable does) and to `_durable` only when a synced batch lands. A synced
-    batch also makes every earlier unsynced write durable, as LevelDB's single
-    log does: an fsync flushes the whole log up to that point.
+    memtable does) and remembered in `_unsynced` until a synced batch lands.
+    A synced batch also makes every earlier unsynced write durable, as
+    LevelDB's single log does: an fsync flushes the whole log up to that
+    point. A sync costs O(writes since the last sync), not O(store), which
+    matters to the simulation of peers holding tens of thousands of records.
     """
 
     def __init__(self) -> None:
         self._durable: dict[bytes, bytes] = {}
         self._live: dict[bytes, bytes] = {}
+        self._unsynced: dict[bytes, bytes | None] = {}
         self.synced_batches = 0
         self.closed = False
+
+    @property
+    def durable(self) -> dict[bytes, bytes]:
+        """What a crash now would leave (read-only: for checkers)."""
+        return self._durable
 
     def get(self, key: bytes) -> bytes | None:
         return self._live.get(key)
@@ -73,27 +81,32 @@ class MemoryStore:
 
     def write(self, writes: Iterable[Write], *, sync: bool) -> None:
         assert not self.closed, "write to a closed store"
+        live, unsynced = self._live, self._unsynced
         for key, value in writes:
             if value is None:
-                self._live.pop(key, None)
+                live.pop(key, None)
             else:
-                self._live[key] = value
+                live[key] = value
+            unsynced[key] = value
         if sync:
-            self._durable = dict(self._live)
+            durable = self._durable
+            for key, value in unsynced.items():
+                if value is None:
+                    durable.pop(key, None)
+                else:
+                    durable[key] = value
+            unsynced.clear()
             self.synced_batches += 1
 
     def crash(self) -> None:
         """Forget everything not yet synced, as a power cut would."""
-        self._live = dict(self._durable)
+        if self._unsynced:
+            self._live = dict(self._durable)
+            self._unsynced.clear()
         self.closed = False
 
     def close(self) -> None:
         self.closed = True
-
-    def reopen(self) -> MemoryStore:
-        """The same durable contents, as a restarted process would see them."""
-        self.crash()
-        return self
 
 
 class LevelStore:
