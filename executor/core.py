@@ -251,6 +251,11 @@ class PeerCore:
         self._writes: list[Write] = []
         self._actions: list[Action] = []
         self._now = now
+        if cluster is not None:
+            # Addresses known before the restart, so that what recovery has
+            # to tell other peers (where their jobs are) can go out at once.
+            for known_id, addr in snapshot.peers.items():
+                cluster.heard_from(known_id, addr)
         self._restore(snapshot, now)
 
     # ------------------------------------------------------------------
