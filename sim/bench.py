@@ -30,6 +30,8 @@ from contextlib import contextmanager
 
 import trio
 
+from executor.client import AsyncClient
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -98,47 +100,25 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) 
     raise RuntimeError("peer did not start listening")
 
 
-class _Conn:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    async def line(self) -> bytes:
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                out = bytes(self.buf[:nl])
-                del self.buf[: nl + 1]
-                return out
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise ConnectionError("peer closed")
-            self.buf += data
-
-
-async def _submitter(addr: str, count: int, in_flight: int, job: bytes, latencies: list, ids: list) -> None:
-    host, port = addr.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    conn = _Conn(stream)
+async def _submitter(addr: str, count: int, in_flight: int, job: str, latencies: list, ids: list) -> None:
+    """One client: `count` submissions of `job`, `in_flight` outstanding,
+    the latency of each from its send to its reply."""
     sent_at: list[float] = []
     send_lock = trio.Semaphore(in_flight)
+    async with AsyncClient(addr) as client:
 
-    async def writer() -> None:
-        for _ in range(count):
-            await send_lock.acquire()
-            sent_at.append(time.perf_counter())
-            await stream.send_all(job)
+        async def writer() -> None:
+            for _ in range(count):
+                await send_lock.acquire()
+                sent_at.append(time.perf_counter())
+                await client.send_lines([job])
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        for i in range(count):
-            reply = await conn.line()
-            latencies.append(time.perf_counter() - sent_at[i])
-            if not reply.startswith(b"OK "):
-                raise RuntimeError(f"submit failed: {reply!r}")
-            ids.append(reply[3:].decode())
-            send_lock.release()
-    await stream.aclose()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            for i in range(count):
+                ids.append((await client.read()).check().text)
+                latencies.append(time.perf_counter() - sent_at[i])
+                send_lock.release()
 
 
 async def _submit_load(addrs: list[str], clients: int, per_client: int, in_flight: int, job: bytes):
@@ -158,17 +138,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _wait_all(addr: str, ids: list[str], connections: int = 8) -> None:
-    host, port = addr.rsplit(":", 1)
-
     async def waiter(chunk: list[str]) -> None:
-        stream = await trio.open_tcp_stream(host, int(port))
-        conn = _Conn(stream)
-        for job_id in chunk:
-            await stream.send_all(f"WAIT {job_id} 600\n".encode())
-            reply = await conn.line()
-            if b" done " not in reply:
-                raise RuntimeError(f"job {job_id} did not finish: {reply!r}")
-        await stream.aclose()
+        async with AsyncClient(addr, timeout_s=600) as client:
+            for job_id in chunk:
+                status = await client.wait(job_id, 600)
+                if status.state != "done":
+                    raise RuntimeError(f"job {job_id} did not finish: {status}")
 
     async with trio.open_nursery() as nursery:
         for k in range(connections):
@@ -177,7 +152,7 @@ async def _wait_all(addr: str, ids: list[str], connections: int = 8) -> None:
 
 def bench_submit(args) -> dict:
     out = {}
-    job = f"{args.sleep_ms}\n".encode()
+    job = str(args.sleep_ms)
     with peer_processes(1, slots=args.slots) as (addrs, _):
         for label, in_flight in (("pipelined", args.in_flight), ("one_in_flight", 1)):
             per_client = max(1, int(args.target_per_s * args.seconds / args.clients)) if in_flight > 1 else \
@@ -198,7 +173,7 @@ def bench_throughput(args) -> dict:
     with peer_processes(args.peers, slots=args.slots) as (addrs, _):
         async def run():
             start = time.perf_counter()
-            _, _, ids = await _submit_load(addrs[:1], 8, args.jobs // 8, 32, b"0\n")
+            _, _, ids = await _submit_load(addrs[:1], 8, args.jobs // 8, 32, "0")
             await _wait_all(addrs[0], ids)
             return time.perf_counter() - start, ids
 
@@ -211,22 +186,12 @@ def bench_throughput(args) -> dict:
 
 async def _self_load(addr: str) -> tuple[int, int] | None:
     """(queued, running) from the peer's own PEERS line, or None if it is down."""
-    host, port = addr.rsplit(":", 1)
     try:
-        with trio.fail_after(1):
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                conn = _Conn(stream)
-                await stream.send_all(b"PEERS\n")
-                count = int((await conn.line()).split()[1])
-                for _ in range(count):
-                    line = (await conn.line()).decode()
-                    if line.endswith(" self"):
-                        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-                        return int(fields["queued"]), int(fields["running"])
-    except (OSError, trio.TooSlowError, ConnectionError, ValueError):
+        async with AsyncClient(addr, timeout_s=1) as client:
+            me = next(m for m in await client.members() if m.is_self)
+            return me.queued, me.running
+    except (OSError, TimeoutError, StopIteration, ValueError):
         return None
-    return None
 
 
 async def _sample_loads(addrs: list[str], interval_s: float, samples: list, stop: trio.Event) -> None:
@@ -252,23 +217,15 @@ def imbalance(samples: list) -> tuple[float, float]:
     return sum(s * w for s, w in zip(spreads, weights)) / sum(weights), _pct(spreads, 0.99)
 
 
-async def _makespan(addrs: list[str], lines: list[bytes], sample_s: float) -> tuple[float, list, list[str]]:
+async def _makespan(addrs: list[str], lines: list[str], sample_s: float) -> tuple[float, list, list[str]]:
     samples: list = []
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_sample_loads, addrs, sample_s, samples, stop)
         start = time.perf_counter()
-        host, port = addrs[0].rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
-        conn = _Conn(stream)
-        await stream.send_all(b"".join(lines))
-        ids = []
-        for _ in lines:
-            reply = await conn.line()
-            if not reply.startswith(b"OK "):
-                raise RuntimeError(f"submit failed: {reply!r}")
-            ids.append(reply[3:].decode())
-        await stream.aclose()
+        async with AsyncClient(addrs[0]) as client:
+            await client.send_lines(lines)
+            ids = [(await client.read()).check().text for _ in lines]
         await _wait_all(addrs[0], ids, connections=min(8, len(ids)))
         elapsed = time.perf_counter() - start
         stop.set()
@@ -280,7 +237,7 @@ def bench_balance(args) -> dict:
     out = {}
     with peer_processes(args.peers, slots=1) as (addrs, _):
         trio.run(trio.sleep, 1.5)  # let membership and loads settle
-        lines = [f"{args.sleep_ms}\n".encode()] * args.jobs
+        lines = [str(args.sleep_ms)] * args.jobs
         ideal = args.jobs * args.sleep_ms / 1000 / args.peers
         elapsed, samples, _ = trio.run(_makespan, addrs, lines, 0.02)
         avg, p99 = imbalance(samples)
@@ -292,7 +249,7 @@ def bench_balance(args) -> dict:
               f"imbalance (max-min of queued+running) time-avg {avg:.2f}, p99 {p99}", flush=True)
     with peer_processes(args.peers, slots=1) as (addrs, _):
         trio.run(trio.sleep, 1.5)
-        lines = [(b"1000\n" if i in (0, 3, 6) else b"20\n") for i in range(30)]
+        lines = [("1000" if i in (0, 3, 6) else "20") for i in range(30)]
         elapsed, samples, _ = trio.run(_makespan, addrs, lines, 0.02)
         ideal = (3 * 1.0 + 27 * 0.02) / args.peers
         out["skewed"] = {"makespan_s": round(elapsed, 3), "ideal_s": round(ideal, 3)}
