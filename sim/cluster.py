@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from executor.client import LINES, AsyncClient, Reply
 from sim import checker
 from sim.bench import free_port
 
@@ -164,87 +165,34 @@ class ProcessCluster:
 
 
 # ---------------------------------------------------------------------------
-# Async text-protocol connection
+# Talking to peers: through the one client library (executor/client.py)
 
 
-class Conn:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    @classmethod
-    async def open(cls, addr: str, timeout_s: float = 2.0) -> Conn:
-        host, _, port = addr.rpartition(":")
-        with trio.fail_after(timeout_s):
-            return cls(await trio.open_tcp_stream(host, int(port)))
-
-    async def _fill(self) -> None:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise ConnectionError("peer closed the connection")
-        self.buf += data
-
-    async def line(self) -> str:
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                out = bytes(self.buf[:nl])
-                del self.buf[: nl + 1]
-                return out.decode(errors="replace")
-            await self._fill()
-
-    async def exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            await self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    async def send(self, text: str) -> None:
-        await self.stream.send_all(text.encode())
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(1):
-            await self.stream.aclose()
-
-
-async def _read_reply(conn: Conn, verb: str):
-    """One reply: ("ok", text) / ("err", code, message); RESULT adds stdout;
-    LIST and PEERS return ("ok", [lines])."""
-    line = await conn.line()
-    if line.startswith("ERR "):
-        code, _, message = line[4:].partition(" ")
-        return ("err", code, message)
-    if not line.startswith("OK"):
-        raise ConnectionError(f"unexpected reply {line[:80]!r}")
-    text = line[3:]
+def _as_tuple(reply: Reply, verb: str) -> tuple:
+    """A reply as plain data: ("ok", text) / ("err", code, message); RESULT
+    adds stdout; LIST and PEERS give ("ok", [lines])."""
+    if not reply.ok:
+        return ("err", reply.code, reply.message)
     if verb in ("LIST", "PEERS"):
-        return ("ok", [await conn.line() for _ in range(int(text.split(" ", 1)[0]))])
+        return ("ok", reply.lines)
     if verb == "RESULT":
-        fields = dict(item.split("=", 1) for item in text.split(" ") if "=" in item)
-        n, m = int(fields.get("stdout", 0)), int(fields.get("stderr", 0))
-        body = await conn.exact(n + m + 1)
-        return ("ok", text, body[:n])
-    return ("ok", text)
+        return ("ok", reply.text, reply.stdout)
+    return ("ok", reply.text)
+
+
+async def _open(addr: str, timeout_s: float = 2.0) -> AsyncClient:
+    return await AsyncClient.open(addr, timeout_s=timeout_s)
 
 
 async def request_many(addr: str, lines: list[str], *, timeout_s: float = 60.0) -> list:
     """Pipeline `lines` on one connection, `_WINDOW` outstanding; the replies
     in order. Raises on a broken connection or timeout."""
-    out: list = []
-    conn = await Conn.open(addr)
+    client = await _open(addr)
     try:
-        with trio.fail_after(timeout_s):
-            sent = 0
-            while len(out) < len(lines):
-                if sent < len(lines) and sent - len(out) < _WINDOW:
-                    chunk = lines[sent: len(out) + _WINDOW]
-                    await conn.send("".join(x + "\n" for x in chunk))
-                    sent += len(chunk)
-                out.append(await _read_reply(conn, lines[len(out)].split(" ", 1)[0]))
+        replies = await client.request_many(lines, window=_WINDOW, timeout_s=timeout_s)
     finally:
-        await conn.aclose()
-    return out
+        await client.aclose()
+    return [_as_tuple(r, line.split(" ", 1)[0]) for r, line in zip(replies, lines)]
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +249,7 @@ class Workload:
         return self.sleep_ms is None
 
     def line(self, tag: int) -> str:
-        return f"{self.sleep_ms}\n" if self.sleep_ms is not None else f"SUBMIT {self.command}; echo {tag}\n"
+        return f"{self.sleep_ms}" if self.sleep_ms is not None else f"SUBMIT {self.command}; echo {tag}"
 
     def take(self) -> int | None:
         if self.retry:
@@ -322,7 +270,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
     while wl.retry or wl.next_tag < wl.jobs:
         peer = targets[idx]
         try:
-            conn = await Conn.open(peer.addr, timeout_s=1.0)
+            conn = await _open(peer.addr, timeout_s=1.0)
         except (*_CONN_ERRORS, trio.TooSlowError):
             failures += 1
             if rotate and failures % 5 == 0:
@@ -349,7 +297,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
                         if rec.first_submit is None:
                             rec.first_submit = now
                         pending.append((tag, now))
-                        await conn.send(wl.line(tag))
+                        await conn.send_lines([wl.line(tag)])
                 except _CONN_ERRORS:
                     state["broken"] = True
                     nursery.cancel_scope.cancel()
@@ -357,19 +305,19 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
             async def reader() -> None:
                 try:
                     while True:
-                        line = await conn.line()
+                        reply = await conn.read()
                         tag, t_sent = pending.popleft()
                         now = rec.now()
-                        if line.startswith("OK "):
-                            rec.submissions.append(checker.Submission(tag, peer.name, checker.ACKED, line[3:].strip()))
+                        if reply.ok:
+                            rec.submissions.append(checker.Submission(tag, peer.name, checker.ACKED, reply.text.strip()))
                             rec.latencies.append(now - t_sent)
                             rec.last_ack = now
-                        elif line.startswith("ERR busy"):
+                        elif reply.code == "busy":
                             wl.busy += 1
                             wl.retry.append(tag)  # nothing was stored: send it again
                         else:
                             rec.submissions.append(checker.Submission(tag, peer.name, checker.REJECTED))
-                            rec.errors.append(f"{peer.name}: {line[:120]}")
+                            rec.errors.append(f"{peer.name}: ERR {reply.code} {reply.message[:100]}")
                         window.release()
                         if state["done"] and not pending:
                             nursery.cancel_scope.cancel()
@@ -395,15 +343,15 @@ async def _poll_peers(peer: PeerProc, rec: Record, interval_s: float) -> None:
     """PEERS every `interval_s`: membership transitions and load, forever."""
     while True:
         try:
-            conn = await Conn.open(peer.addr, timeout_s=1.0)
+            conn = await _open(peer.addr, timeout_s=1.0)
         except (*_CONN_ERRORS, trio.TooSlowError):
             await trio.sleep(interval_s)
             continue
         try:
             while True:
                 with trio.fail_after(2.0):
-                    await conn.send("PEERS\n")
-                    reply = await _read_reply(conn, "PEERS")
+                    await conn.send_lines(["PEERS"])
+                    reply = _as_tuple(await conn.read(LINES), "PEERS")
                 if reply[0] == "ok":
                     rec.peers_sample(peer.name, rec.now(), reply[1])
                 await trio.sleep(interval_s)
