@@ -370,6 +370,7 @@ class Membership:
         self._dead_since: dict[str, float] = {}
         # Forgotten members: id -> last incarnation (bounded by members_max).
         self._tombstones: dict[str, int] = {}
+        self._told_dead_at: dict[str, float] = {}  # forgotten id -> when we last told it so
 
         self._bcast: dict[str, _Entry] = {}
         # The same entries ordered by (transmits, rank, serial): picking the
@@ -458,9 +459,15 @@ class Membership:
         if from_id is not None and from_id != msg.from_id:
             self._stats["dropped_link_mismatch"] += 1
             return self._end(now)
-        if not self._on_sender(msg, now):
-            return self._end(now)
         updates = msg.members if isinstance(msg, Sync) else msg.updates
+        if not self._on_sender(msg, now):
+            # Whoever it is from, news that *we* are dead is worth refuting:
+            # after a long partition both sides have buried each other, and
+            # this is how the first of them comes back.
+            for update in updates[: self.config.members_max]:
+                if update.id == self.self_id:
+                    self._apply(update, now)
+            return self._end(now)
         if len(updates) > self.config.members_max:
             self._stats["dropped_oversize"] += 1
             return self._end(now)
@@ -703,6 +710,7 @@ class Membership:
             tomb = self._tombstones.get(sid)
             if tomb is not None and inc <= tomb:
                 self._stats["dropped_stale_incarnation"] += 1
+                self._tell_it_is_dead(sid, msg.from_addr, tomb, now)
                 return False
             self._add(sid, msg.from_addr, inc, now)
         elif inc < m.incarnation:
@@ -713,6 +721,21 @@ class Membership:
             self._set_state(m, ALIVE, inc, msg.from_addr, now)
         self._merge_load(sid, inc, msg.from_load)
         return True
+
+    def _tell_it_is_dead(self, sid: str, addr: str, tomb: int, now: float) -> None:
+        """A forgotten member speaks at an incarnation we buried. Either it is
+        a stale message from a previous life (the new life ignores the news),
+        or the member was cut off so long that both sides forgot each other:
+        it does not know it was declared dead and would never raise its
+        incarnation, so nothing it says would be heard again. Tell it, at most
+        once per probe period; it refutes, and its next message is news."""
+        if now - self._told_dead_at.get(sid, float("-inf")) < self.config.probe_interval_s:
+            return
+        if len(self._told_dead_at) >= self.config.members_max:
+            self._told_dead_at.clear()
+        self._told_dead_at[sid] = now
+        self._stats["told_forgotten_member_it_is_dead"] += 1
+        self._send(sid, addr, lambda: Announce(*self._header(), (MemberUpdate(sid, addr, tomb, DEAD, None),)))
 
     def _apply(self, u: MemberUpdate, now: float) -> None:
         if u.id == self.self_id:

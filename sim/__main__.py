@@ -4,6 +4,7 @@
     python -m sim cluster ...    real peer processes under kill -9 / restart chaos (sim/cluster.py)
     python -m sim simulate ...   the deterministic simulation (sim/simulate.py)
     python -m sim bench ...      benchmarks (sim/bench.py)
+    python -m sim partition ...  peers in network namespaces, links cut and healed (sim/netns.py; root)
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"demo": "sim.demo", "cluster": "sim.cluster", "simulate": "sim.simulate", "bench": "sim.bench"}
+COMMANDS = {"demo": "sim.demo", "cluster": "sim.cluster", "simulate": "sim.simulate", "bench": "sim.bench",
+            "partition": "sim.netns"}
 
 
 def main(argv: list[str] | None = None) -> int:

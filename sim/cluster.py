@@ -69,9 +69,15 @@ class PeerProc:
     """One `peerjobs node`: started, SIGKILLed and restarted on the same port
     and data dir. Logs append to <workdir>/<name>.log across lives."""
 
-    def __init__(self, workdir: str, name: str, port: int, slots: int, join: list[str], verbose: bool) -> None:
-        self.name, self.port, self.slots = name, port, slots
-        self.addr = f"127.0.0.1:{port}"
+    def __init__(self, workdir: str, name: str, port: int, slots: int, join: list[str], verbose: bool, *,
+                 host: str = "127.0.0.1", prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        """`prefix` goes before the command line (e.g. `ip netns exec NS`, which
+        execs, so the pid is still the peer's); `env` is added to the
+        environment; `extra_args` go after the peer's options."""
+        self.name, self.port, self.slots, self.host = name, port, slots, host
+        self.addr = f"{host}:{port}"
+        self.prefix, self.env = list(prefix or []), env
         self.data = os.path.join(workdir, name)
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.cmd = [sys.executable, "-m", "executor.cli", "node", "--data", self.data, "--listen", self.addr,
@@ -80,13 +86,16 @@ class PeerProc:
             self.cmd += ["--join", seed]
         if verbose:
             self.cmd.append("-v")
+        self.cmd += list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.lives = 0
 
     def spawn(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, cwd=_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(self.prefix + self.cmd, cwd=_ROOT, stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent,
+                                         env=None if self.env is None else {**os.environ, **self.env})
         self.lives += 1
 
     def running(self) -> bool:
@@ -114,10 +123,11 @@ class PeerProc:
                 if not self.running():
                     return False
                 try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                    with trio.fail_after(1.0):
+                        stream = await trio.open_tcp_stream(self.host, self.port)
                     await stream.aclose()
                     return True
-                except OSError:
+                except (OSError, trio.TooSlowError):
                     await trio.sleep(0.02)
         return False
 
@@ -125,11 +135,15 @@ class PeerProc:
 class ProcessCluster:
     """N peers; `close()` stops every one of them whatever happened."""
 
-    def __init__(self, n: int, slots: int, workdir: str, verbose: bool = False) -> None:
-        ports = [free_port() for _ in range(n)]
-        first = f"127.0.0.1:{ports[0]}"
-        self.peers = [PeerProc(workdir, f"p{i + 1}", port, slots, [] if i == 0 else [first], verbose)
-                      for i, port in enumerate(ports)]
+    def __init__(self, n: int, slots: int, workdir: str, verbose: bool = False,
+                 peers: list[PeerProc] | None = None) -> None:
+        """`peers`: use these (already built) instead of n on loopback ports."""
+        if peers is None:
+            ports = [free_port() for _ in range(n)]
+            first = f"127.0.0.1:{ports[0]}"
+            peers = [PeerProc(workdir, f"p{i + 1}", port, slots, [] if i == 0 else [first], verbose)
+                     for i, port in enumerate(ports)]
+        self.peers = peers
         self.by_name = {p.name: p for p in self.peers}
         _live_clusters.append(self)
 
@@ -264,7 +278,13 @@ class Workload:
 # The run
 
 
-async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in_flight: int, rotate: bool) -> None:
+async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in_flight: int, rotate: bool, *,
+                  reply_timeout_s: float | None = None, rotate_after: int = 5, pace=None) -> None:
+    """One client connection at a time. `reply_timeout_s`: a connection whose
+    oldest outstanding request has no reply for that long counts as broken (a
+    partition stalls TCP instead of breaking it); `rotate_after`: failed
+    connects before trying the next peer; `pace`: awaited before each
+    submission (rate limiting)."""
     idx = k % len(targets)
     failures = 0
     while wl.retry or wl.next_tag < wl.jobs:
@@ -273,7 +293,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
             conn = await _open(peer.addr, timeout_s=1.0)
         except (*_CONN_ERRORS, trio.TooSlowError):
             failures += 1
-            if rotate and failures % 5 == 0:
+            if rotate and failures % rotate_after == 0:
                 idx = (idx + 1) % len(targets)
             await trio.sleep(0.05)
             continue
@@ -287,6 +307,8 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
                 try:
                     while True:
                         await window.acquire()
+                        if pace is not None:
+                            await pace()
                         tag = wl.take()
                         if tag is None:
                             state["done"] = True
@@ -305,7 +327,16 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
             async def reader() -> None:
                 try:
                     while True:
-                        reply = await conn.read()
+                        if reply_timeout_s is None:
+                            reply = await conn.read()
+                        else:
+                            reply = None
+                            with trio.move_on_after(reply_timeout_s):
+                                reply = await conn.read()
+                            if reply is None:  # (cancelled reads leave nothing half-read: none was due)
+                                if pending:
+                                    raise ConnectionError(f"no reply from {peer.name} in {reply_timeout_s:g}s")
+                                continue
                         tag, t_sent = pending.popleft()
                         now = rec.now()
                         if reply.ok:

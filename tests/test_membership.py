@@ -515,6 +515,19 @@ def test_partition_heals():
     converge(net, limit_s=2 * LOCAL.push_pull_interval_s + 5)
 
 
+def test_partition_longer_than_dead_member_retention_heals():
+    # Both sides declare the other dead, then forget it (tombstones at the
+    # same incarnation). The cut-off member never heard it was declared dead,
+    # so only telling it lets it refute and be heard again.
+    net = Net(4, seed=5)
+    converge(net)
+    net.partition({"n3"})
+    net.run_for(LOCAL.dead_member_retain_s + 5.0)
+    assert net.state_of("n0", "n3") is None and net.state_of("n3", "n0") is None  # forgotten
+    net.heal()
+    converge(net, limit_s=2 * LOCAL.push_pull_interval_s + 5)
+
+
 # ---------------------------------------------------------------------------
 # Stateful: random crashes, restarts, pauses and partitions; then convergence
 # ---------------------------------------------------------------------------
