@@ -37,6 +37,23 @@ EXIT_INTERRUPTED = 130
 class CliError(Exception):
     """A one-line error for the user."""
 
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client_kw() -> dict:
+    """Token and TLS for the client commands, from the environment only
+    (never flags: `ps` shows those)."""
+    import os
+
+    kw: dict = {}
+    if os.environ.get(st.ENV_TOKEN):
+        kw["token"] = os.environ[st.ENV_TOKEN].strip()
+    if os.environ.get(st.ENV_TLS_CA):
+        kw["ssl_context"] = st.client_tls_context(os.environ[st.ENV_TLS_CA])
+    return kw
+
 
 # ---------------------------------------------------------------------------
 # Output helpers
@@ -119,14 +136,14 @@ def _home_of(message: str) -> str | None:
 def _job_request(addr: str, job_id: str, call, *, timeout_s: float = 30.0):
     """Run `call(client)` at the peer, following `not-home` to the job's home
     peer when the answer names its address."""
-    with Client(addr, timeout_s=timeout_s) as c:
+    with Client(addr, timeout_s=timeout_s, **_client_kw()) as c:
         try:
             return call(c)
         except PeerError as exc:
             home = _home_of(exc.message) if exc.code == "not-home" else None
             if home is None:
                 raise
-    with Client(home, timeout_s=timeout_s) as c:
+    with Client(home, timeout_s=timeout_s, **_client_kw()) as c:
         return call(c)
 
 
@@ -172,14 +189,28 @@ def _listen_flag(ctx, param, value):
 @click.option("--print-config", is_flag=True, help="print every effective setting and where it came from, then exit")
 @click.option("--json", "as_json", is_flag=True, help="with --print-config: print JSON")
 @click.option("-v", "--verbose", is_flag=True, default=None, help="log every job event too")
-def node(data, listen, slots, name, join, http, preset, config_file, print_config, as_json, verbose) -> int:
+@click.option("--secret-file", default=None, metavar="FILE",
+              help=f"cluster secret peers must prove they know (else ${st.ENV_SECRET}; never a flag value)")
+@click.option("--token-file", default=None, metavar="FILE",
+              help=f"token clients must send as AUTH <token> first (else ${st.ENV_TOKEN})")
+@click.option("--allow-commands", default=None, metavar="FILE",
+              help="accept only SUBMITs on this list (one a line: exact, or a prefix ending in *)")
+@click.option("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain: every connection is TLS")
+@click.option("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+@click.option("--tls-ca", default=None, metavar="PEM", help="CA that signs the peers' certificates (links verify it)")
+@click.option("--insecure", is_flag=True, default=None,
+              help="allow listening beyond loopback with neither secret nor token (trusted networks only)")
+def node(data, listen, slots, name, join, http, preset, config_file, print_config, as_json, verbose,
+         secret_file, token_file, allow_commands, tls_cert, tls_key, tls_ca, insecure) -> int:
     """Run a peer.
 
     Settings come from flags, then PEERJOBS_* environment variables, then the
-    config file, then defaults (see docs/usage.md).
+    config file, then defaults (see docs/usage.md). Trust: docs/security.md.
     """
     flags = {"data": data, "listen": listen, "slots": slots, "name": name, "join": list(join), "http": http,
-             "preset": preset, "verbose": verbose}
+             "preset": preset, "verbose": verbose, "secret_file": secret_file, "token_file": token_file,
+             "allow_commands": allow_commands, "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
+             "insecure": insecure}
     try:
         resolved = st.resolve_node(flags, config_flag=config_file)
     except st.SettingsError as exc:
@@ -190,8 +221,18 @@ def node(data, listen, slots, name, join, http, preset, config_file, print_confi
         else:
             click.echo(resolved.render_toml(), nl=False)
         return 0
+    warnings: list[str] = []
+    try:
+        security = st.load_security(resolved, warnings=warnings)
+    except st.SettingsError as exc:
+        raise CliError(str(exc)) from None
+    problem = st.exposure_problem(resolved, security)
+    if problem is not None:
+        raise CliError(problem, EXIT_USAGE)
     _setup_logging(resolved.value("verbose"))
-    return _run_node(resolved, name_given=resolved.node["name"].source != "default (HOST.PORT)")
+    for warning in warnings:
+        logging.getLogger("peerjobs").warning("%s", warning)
+    return _run_node(resolved, security, name_given=resolved.node["name"].source != "default (HOST.PORT)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -200,7 +241,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("peerjobs.http").setLevel(logging.WARNING)
 
 
-def _run_node(resolved: st.NodeSettings, *, name_given: bool) -> int:
+def _run_node(resolved: st.NodeSettings, security, *, name_given: bool) -> int:
     import trio
 
     from executor.node import Node, serve_forever
@@ -217,6 +258,7 @@ def _run_node(resolved: st.NodeSettings, *, name_given: bool) -> int:
             config=resolved.config,
             seeds=resolved.value("join"),
             http=st.parse_hostport(http) if http else None,
+            security=security,
         )
     except StoreError as exc:
         raise CliError(str(exc)) from None
@@ -300,7 +342,7 @@ def submit(command, file_, wait, timeout, addr, as_json) -> int:
     if timeout is not None and not (0 < timeout < math.inf):
         raise click.UsageError("--timeout must be a positive number of seconds")
     line = " ".join(command)
-    with Client(addr) as c:
+    with Client(addr, **_client_kw()) as c:
         job_id = c.submit(line, timeout_s=timeout)
         if not wait:
             if as_json:
@@ -313,7 +355,7 @@ def submit(command, file_, wait, timeout, addr, as_json) -> int:
 
 
 def _submit_batch(addr: str, commands: list[str], timeout: float | None, wait: bool, as_json: bool) -> int:
-    with Client(addr) as c:
+    with Client(addr, **_client_kw()) as c:
         ids = c.submit_commands(commands, timeout_s=timeout)
         rejected = [(cmd, err) for cmd, err in zip(commands, ids) if isinstance(err, PeerError)]
         accepted = [(cmd, j) for cmd, j in zip(commands, ids) if isinstance(j, str)]
@@ -538,7 +580,7 @@ def balance_summary(members: list[PeerInfo]) -> str:
 @client_command
 def peers(addr, as_json) -> int:
     """List the members of the cluster with their state and load."""
-    with Client(addr) as c:
+    with Client(addr, **_client_kw()) as c:
         members = c.members()
     if as_json:
         _print_json([m.to_dict() for m in members])
@@ -555,7 +597,7 @@ def peers(addr, as_json) -> int:
 @client_command
 def jobs(count, state, addr, as_json) -> int:
     """List the latest jobs submitted to the peer."""
-    with Client(addr) as c:
+    with Client(addr, **_client_kw()) as c:
         out = c.list(count)
     if state:
         out = [s for s in out if s.state == state]
@@ -589,7 +631,7 @@ def _age(seconds: float) -> str:
 @client_command
 def stats(addr, as_json) -> int:
     """Print the peer's counters."""
-    with Client(addr) as c:
+    with Client(addr, **_client_kw()) as c:
         counters = c.stats()
     if as_json:
         _print_json(counters)
@@ -616,13 +658,13 @@ async def _sample(addr: str) -> tuple[list[PeerInfo], dict[str, dict]]:
 
     from executor.client import AsyncClient
 
-    async with AsyncClient(addr, timeout_s=5) as c:
+    async with AsyncClient(addr, timeout_s=5, **_client_kw()) as c:
         members = await c.members()
     stats: dict[str, dict] = {}
 
     async def one(m: PeerInfo) -> None:
         try:
-            async with AsyncClient(m.addr, timeout_s=1) as pc:
+            async with AsyncClient(m.addr, timeout_s=1, **_client_kw()) as pc:
                 stats[m.id] = await pc.stats()
         except (OSError, TimeoutError, PeerError):
             pass  # that peer's counters are unknown this round
@@ -703,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         return fail(exc.format_message(), exc.exit_code or EXIT_ERROR)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(str(exc), exc.code)
     except Unreachable as exc:
         return fail(str(exc))
     except PeerError as exc:

@@ -330,9 +330,11 @@ def _connect_error(addr: str, exc: OSError) -> Unreachable:
 
 class Client:
     """A blocking connection to one peer. `timeout_s` bounds every read
-    (a WAIT's own timeout extends it)."""
+    (a WAIT's own timeout extends it). `token`: sent as `AUTH <token>` first
+    (a peer with a client token requires it); `ssl_context`: speak TLS."""
 
-    def __init__(self, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0, token: str | None = None,
+                 ssl_context=None) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
         try:
@@ -340,7 +342,15 @@ class Client:
         except OSError as exc:
             raise _connect_error(addr, exc) from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=split_addr(addr)[0])
         self._reader = ReplyReader()
+        if token is not None:
+            try:
+                self.request(f"AUTH {token}")
+            except BaseException:
+                self.sock.close()
+                raise
 
     def __enter__(self) -> Client:
         return self
@@ -486,15 +496,18 @@ class AsyncClient:
     connects; each request is bounded by `timeout_s` (a WAIT's own timeout
     extends it) and raises `TimeoutError` past it."""
 
-    def __init__(self, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0, token: str | None = None,
+                 ssl_context=None) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
+        self.token = token
+        self.ssl_context = ssl_context
         self.stream = None
         self._reader = ReplyReader()
 
     @classmethod
-    async def open(cls, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0) -> AsyncClient:
-        client = cls(addr, timeout_s=timeout_s)
+    async def open(cls, addr: str = DEFAULT_ADDR, *, timeout_s: float = 30.0, **kw) -> AsyncClient:
+        client = cls(addr, timeout_s=timeout_s, **kw)
         await client.connect()
         return client
 
@@ -505,10 +518,15 @@ class AsyncClient:
         try:
             with trio.fail_after(self.timeout_s):
                 self.stream = await trio.open_tcp_stream(host, port)
+                if self.ssl_context is not None:
+                    self.stream = trio.SSLStream(self.stream, self.ssl_context, server_hostname=host)
+                    await self.stream.do_handshake()
         except trio.TooSlowError:
             raise _connect_error(self.addr, TimeoutError()) from None
         except OSError as exc:
             raise _connect_error(self.addr, exc) from None
+        if self.token is not None:
+            (await self.request(f"AUTH {self.token}")).check()
 
     async def __aenter__(self) -> AsyncClient:
         if self.stream is None:

@@ -33,9 +33,39 @@ class Config:
     """Requests a client may have outstanding on one connection (pipelining);
     past it the peer stops reading from that client (backpressure)."""
 
+    client_connections_per_source_max: int = 32
+    """Concurrent connections (clients and inbound peer links) from one source
+    IP address; one more gets `ERR too-many-connections`. Keeps one host from
+    taking all of `client_connections_max`; 32 is far above what one peer
+    (one link per destination) or a pipelining client needs."""
+
     client_idle_s: float = 300.0
     """A connection that sends nothing for this long is closed with
     `ERR idle-timeout`. A pending WAIT counts as activity."""
+
+    client_reply_bytes_max: int = 4 * 1024 * 1024
+    """Reply bytes a client connection may have waiting to be sent; past it
+    the peer reads no further request from it until the client reads
+    (backpressure). Without it, 64 pipelined RESULTs of a full job output
+    each (2 x output_bytes_max) would hold 128 MiB for one connection. One
+    reply larger than the bound is still sent whole."""
+
+    slow_sender_s: float = 30.0
+    """A line (client) or frame (peer) that has started to arrive must be
+    complete within this; else the connection is closed (`ERR slow-sender`).
+    Stops slow-loris senders from holding buffers and connection slots
+    forever; 30 s moves a full 8 MiB frame at 300 KiB/s."""
+
+    slow_receiver_s: float = 30.0
+    """A reply (client) or a batch of frames (peer link) must be taken by the
+    other side within this; else the connection is closed. A reader that never
+    reads would otherwise hold its buffered replies for ever."""
+
+    hello_timeout_s: float = 10.0
+    """From accepting a connection to its TLS handshake, hello line and
+    authentication exchange being complete (a peer), or its first line (with
+    a client token: `AUTH <token>`). Unauthenticated connections cost a slot
+    for at most this long; a real peer needs one round trip."""
 
     wait_max_s: float = 3600.0
     """Longest WAIT, and the timeout of a WAIT without one."""
@@ -159,3 +189,67 @@ class Config:
     def simulation(cls, **overrides) -> Config:
         """The deterministic simulation: local timers on a virtual clock."""
         return dataclasses.replace(cls(gossip=GossipConfig.simulation()), **overrides)
+
+
+# ---------------------------------------------------------------------------
+# Trust: who may join, who may submit, what may run (docs/security.md)
+
+
+_SAFE_TAIL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-./=:,@%+")
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Commands a client may SUBMIT. An entry is an exact command, or a prefix
+    ending in `*`. What a `*` matches may hold only letters, digits, spaces
+    and `_-./=:,@%+`: no `;`, `|`, `&`, `$`, quotes, backticks, redirections
+    or globs, so `make *` cannot become `make x; rm -rf ~` (the command runs
+    under /bin/sh -c)."""
+
+    exact: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> AllowList:
+        """One entry per line; blank lines and lines starting with `#` are skipped."""
+        exact, prefixes = set(), []
+        for line in text.splitlines():
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if entry.endswith("*"):
+                prefixes.append(entry[:-1])
+            else:
+                exact.add(entry)
+        return cls(frozenset(exact), tuple(prefixes))
+
+    def allows(self, command: str) -> bool:
+        command = command.strip()
+        if command in self.exact:
+            return True
+        for prefix in self.prefixes:
+            if command.startswith(prefix) and all(c in _SAFE_TAIL for c in command[len(prefix):]):
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.prefixes)
+
+
+@dataclass(frozen=True)
+class Security:
+    """The trust settings of one peer, loaded by executor/settings.py.
+
+    * `secret`: the cluster secret; peers prove they know it (gossip/auth.py)
+      and every frame carries a MAC. None: peer links are not authenticated.
+    * `token`: the client token; a client must send `AUTH <token>` first.
+    * `allow`: the SUBMIT allow-list, or None (any command).
+    * `server_ssl` / `client_ssl`: `ssl.SSLContext`s for accepted connections
+      and for the links this peer opens, or None (plain TCP).
+    """
+
+    secret: bytes | None = None
+    token: bytes | None = None
+    allow: AllowList | None = None
+    server_ssl: object | None = None
+    client_ssl: object | None = None

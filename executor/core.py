@@ -237,6 +237,9 @@ class PeerCore:
         self.queue: OrderedDict[str, HeldJob] = OrderedDict()  # oldest first
         self.running: dict[str, HeldJob] = {}
         self.cancelled_running: set[str] = set()
+        # A newer attempt of a job whose older attempt still runs here (being
+        # killed): durable in q/, queued when the old run has exited.
+        self.superseded: dict[str, HeldJob] = {}
         self.waiters: dict[str, list[_Waiter]] = {}
         self.lends: dict[int, _Lend] = {}
         self.outbox: dict[str, _Outgoing] = {}
@@ -488,6 +491,8 @@ class PeerCore:
 
     def _drop_held(self, job_id: str) -> None:
         """Stop holding a job: unqueue it, or kill it if it runs here."""
+        if self.superseded.pop(job_id, None) is not None:
+            self._writes.append((layout.key(layout.HELD, job_id), None))
         if job_id in self.queue:
             del self.queue[job_id]
             self._writes.append((layout.key(layout.HELD, job_id), None))
@@ -557,7 +562,11 @@ class PeerCore:
         if job is None or job.attempt != ev.attempt:
             return  # a stale report from a job we already let go of
         del self.running[ev.job_id]
-        self._writes.append((layout.key(layout.HELD, ev.job_id), None))
+        newer = self.superseded.pop(ev.job_id, None)
+        if newer is not None:
+            self._hold(newer, now, persist=False)  # q/ already holds it
+        else:
+            self._writes.append((layout.key(layout.HELD, ev.job_id), None))
         if not self.queue:
             self.next_steal_at = min(self.next_steal_at, now)  # a free slot and nothing queued
         if ev.job_id in self.cancelled_running:
@@ -736,14 +745,24 @@ class PeerCore:
         if not msg.jobs:
             return
         for t in msg.jobs:
-            if t.job_id in self.queue or t.job_id in self.running:
+            here = self.queue.get(t.job_id) or self.running.get(t.job_id) or self.superseded.get(t.job_id)
+            if here is not None and here.attempt >= t.attempt:
                 continue  # a duplicate transfer: we already hold it
             record = self.records.get(t.job_id)
             if record is not None and record.state.final:
                 continue  # it came home finished meanwhile: nothing to run
             spec = JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s)
             job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
-            self._hold(job, now, persist=True)
+            if t.job_id in self.running:
+                # An older attempt runs here; its home re-issued the job, so
+                # that run's result would be ignored (below the floor). The
+                # newer attempt is made durable now (the ack below promises
+                # it) and runs once the old one is gone.
+                self._drop_held(t.job_id)
+                self.superseded[t.job_id] = job
+                self._writes.append((layout.key(layout.HELD, t.job_id), layout.encode(job.to_wire())))
+            else:
+                self._hold(job, now, persist=True)  # replaces an older queued attempt
             self.counters.steals_in += 1
             self._report_location(job, now)
         self.cluster.moved(msg.sender, -len(msg.jobs))
@@ -767,6 +786,13 @@ class PeerCore:
                     self._hold(job, now, persist=False, front=True)
 
     # --- where jobs are, results, re-issue
+
+    def _holds(self, job_id: str) -> bool:
+        """Is a copy of the job here: queued, running, waiting to run, or lent?"""
+        return (
+            job_id in self.queue or job_id in self.running or job_id in self.superseded
+            or any(job.job_id == job_id for lend in self.lends.values() for job in lend.jobs)
+        )
 
     def _report_location(self, job: HeldJob, now: float) -> None:
         if job.home == self.peer_id:
@@ -819,6 +845,8 @@ class PeerCore:
         self.next_reissue_scan_at = now + min(1.0, self.config.reissue_grace_s / 4)
         for job_id in list(self.remote_open):
             record = self.records[job_id]
+            if self._holds(job_id):
+                continue  # a copy is here (taken back from a handoff): it runs here
             dead_for = self.cluster.dead_for(record.executor, now)
             if dead_for is None or dead_for < self.config.reissue_grace_s:
                 continue

@@ -287,7 +287,7 @@ class App:
         record = self.node.core.records.get(job_id)
         command = job_row(record)["command"] if record is not None else None
         try:
-            async with AsyncClient(self._own_addr(), timeout_s=10) as c:
+            async with AsyncClient(self._own_addr(), timeout_s=10, **self.node.client_options()) as c:
                 status = await c.status(job_id)
                 out = status.to_dict()
                 out["command"] = command

@@ -8,21 +8,36 @@ on it and is reported to the core as `PeerUnreachable` — a hint to membership,
 never a verdict — and the core's own timers resend what matters (results
 until acknowledged; steals and handoffs time out and are taken back).
 
+With a cluster secret (`Security.secret`) a link opens with the challenge–
+response of gossip/auth.py and every frame carries a MAC bound to that
+connection; without one, links are as trusting as the network. With TLS
+contexts the link runs inside TLS (docs/security.md).
+
 Bounds: `peer_send_queue_max` frames wait per link (past it a frame is dropped
-and counted); `frame_bytes_max` per frame, checked on both sides; a link
-that sends bytes the codec rejects is closed, logged and counted, and the peer
-keeps serving everybody else.
+and counted); `frame_bytes_max` per frame, checked on both sides;
+`hello_timeout_s` for the TLS handshake, hello and authentication;
+`slow_sender_s` for a started frame to arrive whole; `slow_receiver_s` for
+the other side to take a batch of frames. A link that sends bytes the codec
+rejects, a frame with a bad tag, or a message that fails `check_message`
+(values the codec's type check cannot judge: ids, addresses, job fields, and
+who may send what) is closed, logged and counted, and the peer keeps serving
+everybody else. Nothing from a closed link reaches the core.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import re
+import secrets
 from collections import Counter
 
 import trio
 
+from executor import messages as jm
 from executor.core import PeerMessage, PeerUnreachable
-from gossip import wire
+from gossip import auth, membership, wire
 
 log = logging.getLogger("peerjobs")
 
@@ -38,15 +53,107 @@ async def _open_tcp(addr: str) -> trio.SocketStream:
     return await trio.open_tcp_stream(host.strip("[]"), int(port))
 
 
+# ---------------------------------------------------------------------------
+# What a decoded message may hold (sans-IO; the codec has checked the types)
+
+_PEER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,18}\Z")
+_ADDR = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,255}):([0-9]{1,5})\Z")
+_REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+_INT_MAX = 2**63 - 1
+_EXIT_CODE_MAX = 2**31
+_SLEEP_MS_MAX = 24 * 3600 * 1000
+
+_TOP_LEVEL = frozenset(membership.GOSSIP_MESSAGES) | {
+    jm.StealRequest, jm.Handoff, jm.HandoffAck, jm.JobMoved, jm.JobResult, jm.ResultAck, jm.CancelJob}
+# Fields naming the peer that sent the message: they must be the link's own
+# (authenticated) peer id, so a peer cannot speak for another.
+_SENDER_FIELD = {jm.StealRequest: "thief", jm.Handoff: "sender", jm.HandoffAck: "receiver",
+                 jm.JobMoved: "executor", jm.JobResult: "executor"}
+_PEER_FIELDS = frozenset({"id", "from_id", "target_id", "thief", "sender", "receiver", "executor", "home"})
+_ADDR_FIELDS = frozenset({"addr", "from_addr", "target_addr"})
+
+
+def check_message(msg, link_peer_id: str, config) -> None:
+    """Raise `wire.ProtocolError` unless `msg` (decoded and type-checked by
+    gossip/wire.py) is something a peer may send us on a link that announced
+    `link_peer_id`: a top-level message kind, well-formed ids and addresses
+    (they end up in replies to clients and in LevelDB keys), finite numbers,
+    non-negative counters, runnable job fields, and sender fields equal to the
+    link's peer. The core then judges the meaning (stale incarnations, unknown
+    transfers, acks for nothing) and ignores what does not apply."""
+    if type(msg) not in _TOP_LEVEL:
+        raise wire.ProtocolError(f"{type(msg).__name__} is not a message a peer sends on its own")
+    sender_field = _SENDER_FIELD.get(type(msg))
+    if sender_field is not None and getattr(msg, sender_field) != link_peer_id:
+        raise wire.ProtocolError(
+            f"{type(msg).__name__}.{sender_field}={getattr(msg, sender_field)!r} on the link of {link_peer_id!r}")
+    _check_value(msg, "", config)
+
+
+def _check_value(value, name: str, config) -> None:
+    kind = type(value)
+    if kind is int:
+        limit = _EXIT_CODE_MAX if name == "exit_code" else _INT_MAX
+        low = -limit if name == "exit_code" else 0
+        if not low <= value <= limit:
+            raise wire.ProtocolError(f"{name}={value} out of range")
+    elif kind is float:
+        if not math.isfinite(value):
+            raise wire.ProtocolError(f"{name} is not finite")
+    elif kind is str:
+        if name in _PEER_FIELDS:
+            ok = _PEER_ID.match(value) is not None
+        elif name in _ADDR_FIELDS:
+            m = _ADDR.match(value)
+            ok = m is not None and 0 < int(m.group(2)) <= 65535
+        elif name == "job_id":
+            ok = len(value) <= 100 and _JOB_ID.match(value) is not None
+        elif name == "reason":
+            ok = _REASON.match(value) is not None
+        else:
+            ok = "\n" not in value and "\r" not in value and "\0" not in value
+        if not ok:
+            raise wire.ProtocolError(f"bad {name or 'string'}: {value[:80]!r}")
+    elif kind is tuple or kind is list:
+        for item in value:
+            _check_value(item, name, config)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _check_value(getattr(value, f.name), f.name, config)
+        if kind is jm.JobTransfer:
+            _check_transfer(value, config)
+    # bytes, bool, None, enums: the codec's type check is all they need.
+
+
+def _check_transfer(t: jm.JobTransfer, config) -> None:
+    if t.kind not in ("sh", "sleep"):
+        raise wire.ProtocolError(f"job {t.job_id}: unknown kind {t.kind[:16]!r}")
+    if t.job_id.rpartition("-")[0] != t.home:
+        raise wire.ProtocolError(f"job {t.job_id}: home {t.home!r} does not match its id")
+    if t.kind == "sh" and (not t.command.strip() or len(t.command.encode()) > config.command_bytes_max):
+        raise wire.ProtocolError(f"job {t.job_id}: empty or oversize command")
+    if t.sleep_ms > _SLEEP_MS_MAX:
+        raise wire.ProtocolError(f"job {t.job_id}: sleep_ms {t.sleep_ms} out of range")
+    if t.timeout_s is not None and not 0 < t.timeout_s <= config.job_timeout_max_s:
+        raise wire.ProtocolError(f"job {t.job_id}: timeout_s {t.timeout_s} out of range")
+    if t.attempt < 1:
+        raise wire.ProtocolError(f"job {t.job_id}: attempt {t.attempt} out of range")
+
+
+# ---------------------------------------------------------------------------
+
+
 class Links:
     def __init__(self, node, nursery: trio.Nursery, connect=None) -> None:
         self.node = node
         self._connect = connect or _open_tcp
         self.nursery = nursery
         self.config = node.config
+        self.security = node.security
         self._out: dict[str, trio.MemorySendChannel] = {}
         self._failed_at: dict[str, float] = {}
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = node.edge_stats
 
     # --- sending
 
@@ -65,31 +172,61 @@ class Links:
             self._out[addr] = channel
             self.nursery.start_soon(self._writer, peer_id, addr, channel, receive)
         try:
-            channel.send_nowait(wire.frame(payload))
+            channel.send_nowait(payload)
             self.stats["frames_sent"] += 1
             self.stats["bytes_sent"] += len(payload) + wire.FRAME_HEADER_BYTES
         except trio.WouldBlock:
             self.stats["dropped_queue_full"] += 1
 
+    async def _open(self, addr: str):
+        stream = await self._connect(addr)
+        ctx = self.security.client_ssl
+        if ctx is not None:
+            host = addr.rpartition(":")[0].strip("[]")
+            stream = trio.SSLStream(stream, ctx, server_hostname=host)
+            await stream.do_handshake()
+        return stream
+
     async def _writer(
         self, peer_id: str | None, addr: str, channel: trio.MemorySendChannel, frames: trio.MemoryReceiveChannel
     ) -> None:
+        cfg = self.config
         try:
-            with trio.fail_after(_CONNECT_TIMEOUT_S):
-                stream = await self._connect(addr)
+            with trio.fail_after(_CONNECT_TIMEOUT_S + (cfg.hello_timeout_s if self.security.client_ssl else 0)):
+                stream = await self._open(addr)
             async with stream:
                 node = self.node
                 incarnation = node.core.cluster.membership.incarnation
-                await stream.send_all(wire.hello_line(node.peer_id, incarnation, node.addr))
+                hello = wire.hello_line(node.peer_id, incarnation, node.addr)
+                seal = wire.frame
+                if self.security.secret is not None:
+                    initiator = auth.Initiator(self.security.secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
+                    with trio.fail_after(cfg.hello_timeout_s):
+                        await stream.send_all(initiator.start())
+                        while not initiator.done:
+                            data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
+                            if not data:
+                                raise auth.AuthError("the acceptor closed the link during the handshake")
+                            proof = initiator.feed(data)
+                        await stream.send_all(proof)
+                    seal = initiator.sealer.seal
+                else:
+                    await stream.send_all(hello)
                 while True:
                     batch = [await frames.receive()]
-                    while len(batch) < self.config.peer_send_queue_max:
+                    while len(batch) < cfg.peer_send_queue_max:
                         try:
                             batch.append(frames.receive_nowait())
                         except trio.WouldBlock:
                             break
-                    await stream.send_all(b"".join(batch))
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
+                    with trio.fail_after(cfg.slow_receiver_s):
+                        await stream.send_all(b"".join(seal(p) for p in batch))
+        except wire.ProtocolError as exc:
+            self.stats["links_failed"] += 1
+            self.stats["auth_failed_out"] += 1
+            self._failed_at[addr] = trio.current_time()
+            log.warning("%s: link to %s (%s) refused: %s", self.node.peer_id, peer_id, addr, exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ValueError) as exc:
             self.stats["links_failed"] += 1
             self._failed_at[addr] = trio.current_time()
             log.debug("%s: link to %s (%s) failed: %s", self.node.peer_id, peer_id, addr, exc)
@@ -102,29 +239,87 @@ class Links:
 
     # --- receiving
 
-    async def serve_inbound(self, stream: trio.SocketStream, first: bytes) -> None:
+    async def serve_inbound(self, stream, first: bytes, source: str, deadline: float) -> None:
+        """An accepted connection that began with a hello line (`first` holds
+        it and whatever followed). `deadline`: when the handshake must be done."""
         line, _, rest = first.partition(b"\n")
+        hello = line + b"\n"
         try:
-            peer_id, _incarnation, addr = wire.parse_hello(line + b"\n")
+            peer_id, _incarnation, addr = wire.parse_hello(hello)
         except wire.ProtocolError as exc:
             self.stats["bad_hello"] += 1
-            log.warning("%s: refused a peer link: %s", self.node.peer_id, exc)
+            log.warning("%s: refused a peer link from %s: %s", self.node.peer_id, source, exc)
+            await _say(stream, b"ERR protocol-error bad hello\n")
             return
-        decoder = wire.FrameDecoder(self.config.frame_bytes_max)
+        secret = self.security.secret
+        if secret is None and self.security.token is not None:
+            self.stats["auth_refused"] += 1
+            log.warning("%s: refused a peer link from %s (%s): clients need a token here, so peers need the "
+                        "cluster secret (--secret-file), and none is set", self.node.peer_id, source, peer_id)
+            await _say(stream, b"ERR auth-failed\n")
+            return
+        opener = None
+        frame_max = self.config.frame_bytes_max
+        if secret is not None:
+            acceptor = auth.Acceptor(secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
+            try:
+                with trio.fail_at(deadline):
+                    data = rest
+                    while True:
+                        reply = acceptor.feed(data)
+                        if reply:
+                            await stream.send_all(reply)
+                        if acceptor.done:
+                            break
+                        data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
+                        if not data:
+                            raise auth.AuthError("closed during the handshake")
+            except (auth.AuthError, trio.TooSlowError) as exc:
+                self.stats["auth_refused"] += 1
+                why = "no handshake in time" if isinstance(exc, trio.TooSlowError) else str(exc)
+                log.warning("%s: refused a peer link from %s (claiming %s): %s", self.node.peer_id, source,
+                            peer_id, why)
+                await _say(stream, b"ERR auth-failed\n")
+                return
+            self.stats["auth_ok"] += 1
+            rest, opener = acceptor.leftover, acceptor.opener
+            frame_max += auth.TAG_BYTES
+        decoder = wire.FrameDecoder(frame_max)
         inbox = self.node.inbox_send
+        slow_s = self.config.slow_sender_s
         data = rest
         try:
             while True:
-                for payload in decoder.feed(data):
+                for body in decoder.feed(data):
+                    payload = opener.open(body) if opener is not None else body
                     msg = wire.decode(payload)
+                    check_message(msg, peer_id, self.config)
                     await inbox.send(PeerMessage(peer_id, msg, addr))
                     self.stats["frames_received"] += 1
-                data = await stream.receive_some(_RECEIVE_BYTES)
+                # A frame under way must arrive whole within slow_sender_s;
+                # between frames a link may be quiet for as long as it likes.
+                partial = decoder.buffered_bytes > 0 or decoder._need is not None
+                with trio.move_on_after(slow_s if partial else math.inf) as scope:
+                    data = await stream.receive_some(_RECEIVE_BYTES)
+                if scope.cancelled_caught:
+                    self.stats["slow_sender"] += 1
+                    log.warning("%s: closed the link from %s: a frame did not arrive within %g s",
+                                self.node.peer_id, peer_id, slow_s)
+                    return
                 if not data:
                     return
                 self.stats["bytes_received"] += len(data)
         except wire.ProtocolError as exc:
             self.stats["protocol_errors"] += 1
-            log.warning("%s: closed the link from %s: %s", self.node.peer_id, peer_id, exc)
-        except trio.BrokenResourceError:
+            log.warning("%s: closed the link from %s (%s): %s", self.node.peer_id, peer_id, source, exc)
+            await _say(stream, b"ERR protocol-error " + str(exc)[:120].encode("ascii", "replace")
+                       .replace(b"\n", b" ") + b"\n")
+
+
+async def _say(stream, line: bytes) -> None:
+    """Best effort: a last line before closing; never blocks for long, never raises."""
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_all(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

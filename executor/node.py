@@ -22,8 +22,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hmac
+import ipaddress
 import itertools
 import logging
+import math
 import os
 import random
 import signal
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import trio
 
 from executor import protocol
-from executor.config import Config
+from executor.config import Config, Security
 from executor.core import (
     ClientClosed,
     ClientRequest,
@@ -75,6 +78,8 @@ class _Client:
     ready: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
     budget: trio.Semaphore | None = None
     closed: bool = False
+    authed: bool = True
+    owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
 
 
 class Node:
@@ -91,10 +96,15 @@ class Node:
         clock=time.time,
         connect=None,
         http: tuple[str, int] | None = None,
+        security: Security | None = None,
     ) -> None:
         """`clock` and `connect` (how to open a link to "host:port") are
         parameters so that tests can run peers on trio's virtual clock over
-        in-memory streams."""
+        in-memory streams. `security`: secret, token, allow-list, TLS
+        (docs/security.md); the default trusts the network."""
+        self.security = security if security is not None else Security()
+        self.edge_stats: collections.Counter[str] = collections.Counter()  # STATS link_*: links and connections
+        self._per_source: collections.Counter[str] = collections.Counter()
         self.data_dir = data_dir
         self.clock = clock
         self.connect = connect
@@ -287,9 +297,7 @@ class Node:
 
     def _deliver(self, token, data: bytes, close: bool) -> None:
         client, slot = token
-        slot.data = data
-        slot.close = close
-        client.ready.unpark_all()
+        _fill(client, slot, data, close)
 
     async def _run_job(self, start: StartJob) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)
@@ -317,41 +325,105 @@ class Node:
 
     # ------------------------------------------------------------------
     # Connections: a peer announces itself with a hello line; anything
-    # else is a client speaking the text protocol.
+    # else is a client speaking the text protocol. Nothing a remote sends
+    # may raise out of `serve`: disconnects end the connection quietly, and
+    # anything else is logged and counted as `link_handler_errors` (a bug).
+
+    def client_options(self) -> dict:
+        """What a client of this very peer needs (executor/http.py): token, TLS."""
+        ctx = None
+        if self.security.server_ssl is not None:
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # our own port, on the address we bound
+        return {"token": self.security.token.decode() if self.security.token else None, "ssl_context": ctx}
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """One inbound connection, a client or a peer."""
-        async with stream:
-            if self.clients >= self.config.client_connections_max:
-                with trio.move_on_after(self.config.client_idle_s):
-                    await stream.send_all(protocol.err(
-                        "too-many-connections",
-                        f"this peer serves at most {self.config.client_connections_max} connections",
-                    ))
+        cfg = self.config
+        source = _source_of(stream)
+        limited = source is not None and not _is_loopback(source)
+        async with _closing(stream):
+            if self.clients >= cfg.client_connections_max:
+                self.edge_stats["refused_connections"] += 1
+                await _say(stream, protocol.err(
+                    "too-many-connections", f"this peer serves at most {cfg.client_connections_max} connections"))
+                return
+            if limited and self._per_source[source] >= cfg.client_connections_per_source_max:
+                self.edge_stats["refused_per_source"] += 1
+                await _say(stream, protocol.err(
+                    "too-many-connections",
+                    f"this peer serves at most {cfg.client_connections_per_source_max} connections per address"))
                 return
             self.clients += 1
+            if limited:
+                self._per_source[source] += 1
             try:
-                await self._serve_connection(stream)
+                if self.security.server_ssl is not None:
+                    stream = trio.SSLStream(stream, self.security.server_ssl, server_side=True)
+                    with trio.move_on_after(cfg.hello_timeout_s) as scope:
+                        await stream.do_handshake()
+                    if scope.cancelled_caught:
+                        self.edge_stats["tls_timeout"] += 1
+                        return
+                await self._serve_connection(stream, source or "?")
+            except Exception as exc:  # noqa: BLE001 -- the one place a connection's failure is contained
+                if _is_disconnect(exc):
+                    self.edge_stats["disconnects"] += 1
+                else:
+                    self.edge_stats["handler_errors"] += 1
+                    log.exception("%s: connection from %s failed (a bug; the peer goes on)", self.peer_id, source)
             finally:
                 self.clients -= 1
+                if limited:
+                    self._per_source[source] -= 1
+                    if not self._per_source[source]:
+                        del self._per_source[source]
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream, source: str) -> None:
+        cfg = self.config
+        token = self.security.token
         first = b""
-        with trio.move_on_after(self.config.client_idle_s):
-            while b"\n" not in first and len(first) < HELLO_LINE_BYTES_MAX:
+        # Nothing yet: an idle client (or, with a token, an unauthenticated
+        # one) may wait this long. Once bytes come, the first line must be
+        # complete within slow_sender_s, a peer's handshake within hello_timeout_s.
+        deadline = trio.current_time() + (cfg.hello_timeout_s if token is not None else cfg.client_idle_s)
+        hello_deadline = None
+        while b"\n" not in first and len(first) < HELLO_LINE_BYTES_MAX:
+            with trio.move_on_at(deadline) as scope:
                 chunk = await stream.receive_some(_RECEIVE_BYTES)
-                if not chunk:
-                    return
-                first += chunk
-                if not _may_be_hello(first):
-                    break
+            if scope.cancelled_caught:
+                if first:
+                    self.edge_stats["slow_sender"] += 1
+                    await _say(stream, protocol.err("slow-sender", f"line not completed within {cfg.slow_sender_s:g} s; closing"))
+                elif token is not None:
+                    self.edge_stats["client_auth_refused"] += 1
+                    await _say(stream, protocol.err("auth-required", "send AUTH <token> first; closing"))
+                else:
+                    await _say(stream, protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing"))
+                return
+            if not chunk:
+                return
+            if not first:
+                now = trio.current_time()
+                hello_deadline = now + cfg.hello_timeout_s
+                deadline = min(deadline, now + cfg.slow_sender_s)
+            first += chunk
+            if not _may_be_hello(first):
+                break
         if first.startswith(HELLO_PREFIX):
-            await self.links.serve_inbound(stream, first)
+            if b"\n" not in first:
+                self.edge_stats["bad_hello"] += 1
+                await _say(stream, protocol.err("protocol-error", "hello line too long"))
+                return
+            await self.links.serve_inbound(stream, first, source, hello_deadline)
             return
         await self._serve_client(stream, first)
 
-    async def _serve_client(self, stream: trio.SocketStream, first: bytes) -> None:
-        client = _Client(next(self._client_numbers))
+    async def _serve_client(self, stream, first: bytes) -> None:
+        client = _Client(next(self._client_numbers), authed=self.security.token is None)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._client_writer, stream, client, nursery.cancel_scope)
@@ -363,20 +435,53 @@ class Node:
             with trio.CancelScope(shield=True):
                 await self.inbox_send.send(ClientClosed(client))
 
-    async def _client_reader(self, stream: trio.SocketStream, client: _Client, first: bytes) -> None:
+    def _edge_reply(self, client: _Client, line: bytes) -> tuple[bytes, bool] | None:
+        """Requests answered at the edge, before the core: AUTH, and every
+        line of a client that has not authenticated. (reply, close) or None."""
+        token = self.security.token
+        is_auth = line[:5].upper() == b"AUTH " or line.strip().upper() == b"AUTH"
+        if client.authed:
+            if is_auth:
+                return protocol.ok("authenticated" if token is not None else "no token required"), False
+            return None
+        if not is_auth:
+            self.edge_stats["client_auth_refused"] += 1
+            return protocol.err("auth-required", "send AUTH <token> first; closing"), True
+        given = line[5:].strip()
+        if hmac.compare_digest(given, token):
+            client.authed = True
+            self.edge_stats["client_auth_ok"] += 1
+            return protocol.ok("authenticated"), False
+        self.edge_stats["client_auth_refused"] += 1
+        log.warning("%s: a client gave a wrong token; closed", self.peer_id)
+        return protocol.err("auth-failed", "wrong token; closing"), True
+
+    async def _client_reader(self, stream, client: _Client, first: bytes) -> None:
         cfg = self.config
+        allow = self.security.allow
         splitter = protocol.LineSplitter(cfg.line_bytes_max)
         budget = trio.Semaphore(cfg.client_pipeline_max)
         client.budget = budget
         data = first
+        partial_since = None
         while True:
             for line in splitter.feed(data):
                 await budget.acquire()
+                while client.owed_bytes > cfg.client_reply_bytes_max:
+                    await client.ready.park()  # the client does not read its replies: stop reading requests
                 slot = _Slot()
                 client.pending.append(slot)
                 if line is protocol.LineSplitter.TOO_LONG:
-                    slot.data = protocol.err("line-too-long", f"line longer than {cfg.line_bytes_max} bytes; dropped")
-                    client.ready.unpark_all()
+                    if not client.authed:
+                        _fill(client, slot, protocol.err("auth-required", "send AUTH <token> first; closing"), True)
+                        return
+                    _fill(client, slot, protocol.err("line-too-long", f"line longer than {cfg.line_bytes_max} bytes; dropped"))
+                    continue
+                edge = self._edge_reply(client, line)
+                if edge is not None:
+                    _fill(client, slot, *edge)
+                    if edge[1]:
+                        return
                     continue
                 try:
                     command = protocol.parse_command(
@@ -387,13 +492,16 @@ class Node:
                         list_max=cfg.list_max,
                     )
                 except protocol.ClientError as exc:
-                    slot.data = exc.reply()
-                    client.ready.unpark_all()
+                    _fill(client, slot, exc.reply())
                     continue
                 if type(command) is protocol.Stats:
                     # Counters are read, never changed: no need to go through the core.
-                    slot.data = protocol.lines_reply("stats", [f"{k}={v}" for k, v in self.statistics().items()])
-                    client.ready.unpark_all()
+                    _fill(client, slot, protocol.lines_reply("stats", [f"{k}={v}" for k, v in self.statistics().items()]))
+                    continue
+                if (allow is not None and type(command) is protocol.Submit and command.spec.kind == "sh"
+                        and not allow.allows(command.spec.command)):
+                    self.edge_stats["submit_not_allowed"] += 1
+                    _fill(client, slot, protocol.err("not-allowed", "this peer runs only the commands on its allow-list"))
                     continue
                 await self.inbox_send.send(ClientRequest((client, slot), command))
                 if type(command) is protocol.Quit:
@@ -404,20 +512,32 @@ class Node:
                     # would not give that.
                     while slot.data is None:
                         await client.ready.park()
+            now = trio.current_time()
+            if splitter.pending_bytes:
+                partial_since = partial_since if partial_since is not None else now
+            else:
+                partial_since = None
+            idle_at = now + cfg.client_idle_s
+            slow_at = partial_since + cfg.slow_sender_s if partial_since is not None else math.inf
             data = b""
-            with trio.move_on_after(cfg.client_idle_s) as idle:
+            with trio.move_on_at(min(idle_at, slow_at)) as waited:
                 data = await stream.receive_some(_RECEIVE_BYTES)
-            if idle.cancelled_caught:
-                if client.pending:
+            if waited.cancelled_caught:
+                if slow_at <= idle_at:
+                    self.edge_stats["slow_sender"] += 1
+                    message = protocol.err("slow-sender", f"line not completed within {cfg.slow_sender_s:g} s; closing")
+                elif client.pending:
                     continue  # a WAIT is outstanding: the client is not idle
-                slot = _Slot(protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing"), True)
+                else:
+                    message = protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing")
+                slot = _Slot()
                 client.pending.append(slot)
-                client.ready.unpark_all()
+                _fill(client, slot, message, True)
                 return
             if not data:
                 return
 
-    async def _client_writer(self, stream: trio.SocketStream, client: _Client, scope: trio.CancelScope) -> None:
+    async def _client_writer(self, stream, client: _Client, scope: trio.CancelScope) -> None:
         pending = client.pending
         try:
             while True:
@@ -430,16 +550,83 @@ class Node:
                 while pending and pending[0].data is not None:
                     slot = pending.popleft()
                     out.append(slot.data)
-                    client.budget.release()
+                    if client.budget is not None:
+                        client.budget.release()
                     if slot.close:
                         close = True
                         break
-                await stream.send_all(b"".join(out))
+                data = b"".join(out)
+                with trio.fail_after(self.config.slow_receiver_s):
+                    await stream.send_all(data)
+                client.owed_bytes -= len(data)
+                client.ready.unpark_all()
                 if close:
                     scope.cancel()
                     return
+        except trio.TooSlowError:
+            self.edge_stats["slow_receiver"] += 1
+            scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()
+
+
+def _fill(client: _Client, slot: _Slot, data: bytes, close: bool = False) -> None:
+    slot.data = data
+    slot.close = close
+    client.owed_bytes += len(data)
+    client.ready.unpark_all()
+
+
+def _source_of(stream) -> str | None:
+    """The remote IP address of a TCP connection; None for other streams."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        name = sock.getpeername()
+    except OSError:
+        return None
+    return name[0] if isinstance(name, tuple) else None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """The remote went away (reset, TLS failure, closed): not a bug."""
+    kinds = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, kinds)
+
+
+class _closing:
+    """`async with stream` that never raises from closing a broken stream."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    async def __aenter__(self):
+        return self.stream
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _say(stream, data: bytes) -> None:
+    """Best effort: one last reply before closing; bounded, never raises."""
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 def _may_be_hello(first: bytes) -> bool:

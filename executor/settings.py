@@ -14,6 +14,11 @@ The file (`--config FILE`, or `PEERJOBS_CONFIG`):
     http = "127.0.0.1:8001"     # dashboard and /metrics; off when absent
     preset = "local"            # "local" (loopback timers) or "lan"
     verbose = false
+    secret_file = "/etc/peerjobs/secret"   # cluster secret (docs/security.md)
+    token_file = "/etc/peerjobs/token"     # client token
+    allow_commands = "/etc/peerjobs/allow" # SUBMIT allow-list
+    tls_cert = "cert.pem"       # TLS for every connection (with tls_key, tls_ca)
+    insecure = false            # listen beyond loopback without secret or token
 
     [config]                    # any field of executor.config.Config
     wait_max_s = 600
@@ -27,27 +32,37 @@ The file (`--config FILE`, or `PEERJOBS_CONFIG`):
 Environment: `PEERJOBS_<NODE KEY>` (`PEERJOBS_DATA`, `PEERJOBS_LISTEN`,
 `PEERJOBS_JOIN` comma-separated, ...), `PEERJOBS_<CONFIG FIELD>`
 (`PEERJOBS_WAIT_MAX_S`), `PEERJOBS_GOSSIP_<FIELD>`, and `PEERJOBS_ADDR` for
-the clients' peer. (`PEERJOBS_PEER`, `PEERJOBS_JOB_ID` and `PEERJOBS_ATTEMPT`
+the clients' peer. The secrets themselves are never flags (`ps` shows
+flags): `PEERJOBS_SECRET` holds the cluster secret when no `secret_file` is
+set, `PEERJOBS_TOKEN` the client token when no `token_file` is set (the
+client commands send it too), and `PEERJOBS_TLS_CA` is the CA file client
+commands verify a TLS peer with. (`PEERJOBS_PEER`, `PEERJOBS_JOB_ID` and `PEERJOBS_ATTEMPT`
 are what a peer sets in a job's environment; they are not settings.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import ssl
+import stat
 import re
 import socket
 import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from executor.config import Config
+from executor.config import AllowList, Config, Security
 from gossip.config import GossipConfig
 
 ENV_PREFIX = "PEERJOBS_"
 ENV_CONFIG = "PEERJOBS_CONFIG"
 ENV_ADDR = "PEERJOBS_ADDR"
+ENV_SECRET = "PEERJOBS_SECRET"
+ENV_TOKEN = "PEERJOBS_TOKEN"
+ENV_TLS_CA = "PEERJOBS_TLS_CA"
 DEFAULT_PEER = "127.0.0.1:7001"
 PRESETS = {"local": Config.local, "lan": Config.lan}
 
@@ -129,6 +144,13 @@ NODE_KEYS: dict[str, Any] = {
     "http": _http,
     "preset": lambda v: _one_of(v, PRESETS),
     "verbose": parse_bool,
+    "secret_file": str,
+    "token_file": str,
+    "allow_commands": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "insecure": parse_bool,
 }
 
 
@@ -275,7 +297,9 @@ def resolve_node(flags: dict[str, Any], *, config_flag: str | None = None,
         else:
             node[key] = Setting(None, "default")
     defaults = {"data": "./peerjobs-data", "listen": "127.0.0.1:7001", "slots": os.cpu_count() or 1,
-                "join": [], "http": None, "preset": "local", "verbose": False}
+                "join": [], "http": None, "preset": "local", "verbose": False, "secret_file": None,
+                "token_file": None, "allow_commands": None, "tls_cert": None, "tls_key": None, "tls_ca": None,
+                "insecure": False}
     for key, value in defaults.items():
         if node[key].source == "default":
             node[key].value = value
@@ -339,3 +363,101 @@ def resolve_peer(flag: str | None, *, config_flag: str | None = None,
 def _client_addr(value: Any) -> str:
     h, p = parse_hostport(value, allow_zero=False)
     return f"{h}:{p}"
+
+
+# ---------------------------------------------------------------------------
+# Trust (docs/security.md)
+
+
+def _read_secret_file(path: str, what: str, warnings: list[str]) -> bytes:
+    try:
+        st_ = os.stat(path)
+        with open(path, "rb") as f:
+            value = f.read(65536).strip()
+    except OSError as exc:
+        raise SettingsError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    if st_.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(f"the {what} file {path} is readable by other users (chmod 600 it)")
+    return value
+
+
+def load_security(resolved: NodeSettings, env: dict[str, str] | None = None,
+                  warnings: list[str] | None = None) -> Security:
+    """The secret, token, allow-list and TLS contexts of `peerjobs node`."""
+    env = dict(os.environ) if env is None else env
+    warnings = [] if warnings is None else warnings
+    secret = token = None
+    if resolved.value("secret_file"):
+        secret = _read_secret_file(resolved.value("secret_file"), "secret", warnings)
+    elif env.get(ENV_SECRET):
+        secret = env[ENV_SECRET].strip().encode()
+    if secret is not None and len(secret) < 16:
+        raise SettingsError("the cluster secret must be at least 16 bytes (e.g. `head -c 32 /dev/urandom | "
+                            "base64 > secret`)")
+    if resolved.value("token_file"):
+        token = _read_secret_file(resolved.value("token_file"), "token", warnings)
+    elif env.get(ENV_TOKEN):
+        token = env[ENV_TOKEN].strip().encode()
+    if token is not None and (len(token) < 16 or not token.isascii() or any(c in token for c in b" \t\r\n")):
+        raise SettingsError("the client token must be at least 16 printable ASCII bytes without spaces")
+    allow = None
+    if resolved.value("allow_commands"):
+        path = resolved.value("allow_commands")
+        try:
+            with open(path, encoding="utf-8") as f:
+                allow = AllowList.parse(f.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read the allow-list {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    server_ssl = client_ssl = None
+    cert, key, ca = resolved.value("tls_cert"), resolved.value("tls_key"), resolved.value("tls_ca")
+    if bool(cert) != bool(key):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    if ca and not cert:
+        raise SettingsError("--tls-ca needs --tls-cert and --tls-key")
+    if cert:
+        try:
+            server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_ssl.load_cert_chain(cert, key)
+            client_ssl = client_tls_context(ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"TLS: {exc}") from None
+    return Security(secret=secret, token=token, allow=allow, server_ssl=server_ssl, client_ssl=client_ssl)
+
+
+def client_tls_context(ca: str | None) -> ssl.SSLContext:
+    """A context that verifies the peer's certificate: against `ca` (a private
+    cluster CA; any certificate it signed is accepted, whatever its name,
+    since peers are addressed by IP), else against the system's CAs with
+    the usual host name check."""
+    if ca:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        return ctx
+    return ssl.create_default_context()
+
+
+def exposure_problem(resolved: NodeSettings, security: Security) -> str | None:
+    """Why this peer must not start as configured, or None. A peer listening
+    beyond loopback with neither a secret nor a token lets anyone who reaches
+    the port run commands as its user; the dashboard has no authentication."""
+    if resolved.value("insecure"):
+        return None
+    host, _ = parse_hostport(resolved.value("listen"))
+    if not _loopback(host) and security.secret is None and security.token is None:
+        return (f"refusing to listen on {host}, beyond loopback, with neither a cluster secret nor a client token: "
+                f"anyone who reaches it could join as a peer or run commands as this user. Set --secret-file "
+                f"(or ${ENV_SECRET}) and --token-file (or ${ENV_TOKEN}), or pass --insecure on a trusted network")
+    http = resolved.value("http")
+    if http and not _loopback(parse_hostport(http)[0]):
+        return (f"refusing to serve the dashboard on {http}, beyond loopback: it has no authentication and shows "
+                f"every job's command and output. Use a loopback address, or pass --insecure on a trusted network")
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -37,7 +37,6 @@ import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -329,34 +328,50 @@ class World:
         The client got `OK <id>` only after the home synced j/<id>, so from then
         on the job must be recoverable from DURABLE state alone — whatever
         crashes next, the running processes and every message in flight can
-        vanish. It is recoverable iff one of:
+        vanish. With `floor` the home's durable floor (results of attempts
+        below it are acknowledged and ignored), the job is recoverable iff:
 
         * the home's durable j/<id> is final (the result is kept; nothing more
           is owed), or
-        * some peer's durable q/<id> holds it: that peer (up, or at its
-          restart, which requeues every q/ entry) will run it and send the
-          result home. This covers a job in a Handoff in flight: its sender
-          deletes q/ only when the HandoffAck arrives, which the receiver sends
-          only after its own q/ is synced; and a job taken back after a
-          timeout, which never left the sender's q/; or
-        * some peer's durable x/<id> (outbox) holds its result: it is resent
-          until the home acks it, and the home acks only after syncing it.
+        * some peer's durable q/<id> holds an attempt >= floor: that peer (up,
+          or at its restart, which requeues every q/ entry, a running one as
+          attempt + 1) will run it and send home a result the home accepts.
+          This covers a job in a Handoff in flight: its sender deletes q/ only
+          when the HandoffAck arrives, which the receiver sends only after its
+          own q/ is synced; and a job taken back after a timeout, which never
+          left the sender's q/; or
+        * some peer's durable x/<id> (outbox) holds a result of an attempt
+          >= floor: it is resent until the home acks it, and the home acks
+          only after syncing it.
 
         Peers that are down count: their store is what their restart reads.
-        (Whether that copy's attempt is still acceptable to the home is a
-        liveness question; the teardown checks that every job does finish.)
+        A copy below the floor does not count: its result would be ignored.
+        Nor does a home record that merely says "executor = home" with no q/:
+        core._restore requeues such a record as a safety net, but only if the
+        home restarts, and the design says record and q/ change together.
         """
         home = self.peers[home_of(job_id)]
         record = durable(home, layout.JOB, job_id)
         assert record is not None, f"acknowledged {job_id}: home {home.name} has no durable record"
         if record["s"] in ("done", "failed", "cancelled"):
             return
+        floor = record["f"]
+        copies = []
         for peer in self.peers.values():
-            if durable(peer, layout.HELD, job_id) is not None or durable(peer, layout.OUTBOX, job_id) is not None:
-                return
+            held = durable(peer, layout.HELD, job_id)
+            if held is not None:
+                copies.append(f"{peer.name} q/ attempt {held['a']}")
+                if held["a"] >= floor:
+                    return
+            out = durable(peer, layout.OUTBOX, job_id)
+            if out is not None:
+                copies.append(f"{peer.name} x/ attempt {out['r']['attempt']}")
+                if out["r"]["attempt"] >= floor:
+                    return
         raise AssertionError(
-            f"acknowledged job {job_id} lost: home {home.name} says {record['s']} attempt {record['a']} at "
-            f"{record['x']!r}, and no peer durably holds it (q/) or its result (x/)\n" + "\n".join(self.log[-40:]))
+            f"acknowledged job {job_id} lost: home {home.name} says {record['s']} attempt {record['a']} "
+            f"floor {floor} at {record['x']!r}, and no peer durably holds an attempt >= floor of it (q/) or "
+            f"of its result (x/); copies: {copies or 'none'}\n" + "\n".join(self.log[-40:]))
 
     def check_final_is_final(self, job_id: str) -> None:
         """Once the home's durable record is final it never changes (nor its
@@ -378,7 +393,10 @@ class World:
         stdout = layout.decode(output, "o")[0].decode()
         assert stdout in self.runs, f"{job_id}: kept output {stdout!r} comes from no run"
         executor, attempt = self.runs[stdout].split()
-        assert (record["x"], record["a"]) == (executor, int(attempt)), (record, self.runs[stdout])
+        # The kept result is from an attempt the home accepts (>= floor), run where
+        # the record says. (The record's own `attempt` is max(record, result), so
+        # it may name a later attempt than the one whose result was kept.)
+        assert record["x"] == executor and record["f"] <= int(attempt) <= record["a"], (record, self.runs[stdout])
 
     # ------------------------------------------------------------------
     # Liveness
@@ -502,7 +520,7 @@ class ThreePeers(RuleBasedStateMachine):
 
 TestThreePeers = ThreePeers.TestCase
 TestThreePeers.settings = settings(
-    max_examples=50,
+    max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
@@ -644,3 +662,93 @@ def test_home_down_while_the_result_is_sent_is_resent_with_backoff_until_it_is_b
     assert durable(w.peers[receiver], layout.OUTBOX, job) is None
     w.check()
     w.settle()
+
+
+# ---------------------------------------------------------------------------
+# BUGS found by the state machine above, as minimal deterministic cases.
+# Both FAIL against executor/core.py as it stands; see each docstring.
+
+
+def test_BUG_handoff_of_a_reissued_attempt_to_a_peer_running_the_old_one_loses_the_job():
+    """BUG (executor/core.py, PeerCore._on_handoff): a receiver that already
+    holds or runs a job skips the transferred copy ("a duplicate transfer: we
+    already hold it") whatever its attempt, yet acks the whole transfer. When
+    the copy is a NEWER attempt (the home re-issued the job, raising its floor),
+    the sender deletes its q/ on that ack, the receiver finishes the OLD attempt,
+    whose result the home ignores (attempt < floor), and nobody holds the job
+    any more: it is never run again (only a restart of the home would requeue it,
+    through _restore's safety net).
+
+    1. p1 pushes job J to R; R makes it durable, acks, runs attempt 1.
+    2. A partition: p1 declares R dead and after reissue_grace_s re-issues J
+       as attempt 2 (floor 2), queued at p1 behind p1's own running job.
+    3. The partition heals; R (running attempt 1) steals from p1 and gets the
+       oldest queued jobs, J attempt 2 among them; it skips J but acks.
+    4. p1 deletes q/J. No durable copy of attempt >= 2 remains anywhere.
+    """
+    w = World()
+    w.warm_up()
+    job, receiver = place_remote(w)
+    third = next(n for n in NAMES if n not in ("p1", receiver))
+    w.crash(third)  # only the receiver can steal from p1 below
+    w.deliver(("p1", receiver))
+    while w.links[(receiver, "p1")]:
+        w.deliver((receiver, "p1"))  # JobMoved and HandoffAck: p1 forgets its copy
+    assert durable(w.peers["p1"], layout.HELD, job) is None
+    for _ in range(20):
+        if job in w.peers[receiver].running:
+            break
+        for other in sorted(w.peers[receiver].running):
+            w.finish(receiver, other)
+        w.advance(SUBSTEP_S, deliver=True)
+    assert job in w.peers[receiver].running and w.peers["p1"].running  # both slots stay busy
+    w.advance(6.0, deliver=False)  # partition: p1 sees the receiver dead for > reissue_grace_s
+    reissued = w.home_record(job)
+    assert (reissued.attempt, reissued.floor, reissued.executor) == (2, 2, "p1"), reissued
+    w.submit("p1", 4)  # enough queued at p1 for the receiver to steal
+    for _ in range(40):
+        w.advance(SUBSTEP_S, deliver=True)  # healed: the receiver steals J attempt 2
+        if durable(w.peers["p1"], layout.HELD, job) is None:
+            break
+    w.check()  # fails here: "acknowledged job ... lost"
+    w.finish(receiver, job)
+    w.settle(iterations=400)
+
+
+def test_BUG_reissue_at_a_home_that_runs_the_job_itself_deletes_the_new_attempts_q():
+    """BUG (executor/core.py, PeerCore._maybe_reissue + _on_exited): the home
+    took a lent job back (the receiver looked dead) and runs it itself as
+    attempt 1; a late JobMoved from the receiver then sets record.executor to
+    the receiver, which is still dead in the home's view, so the home re-issues
+    the job: attempt 2 is put in `queue` and written to q/<id> while attempt 1
+    is still in `running` under the same id. When attempt 1 exits, _on_exited
+    deletes q/<id> — which now holds attempt 2 — and its result is ignored
+    (attempt 1 < floor 2). Until attempt 2 is dispatched the home holds the job
+    only in memory: a crash then leaves no q/ with attempt >= floor anywhere
+    (only _restore's "recorded here but not held" safety net brings it back).
+    With slots > 1 the same state lets _dispatch start attempt 2 while attempt 1
+    still runs on the same peer, overwriting running[<id>].
+    """
+    w = World()
+    w.warm_up()
+    w.deliver_queued()
+    w.submit("p1", 1)
+    w.deliver_queued()
+    w.finish("p2", "p1-1")  # p2 runs p1's job: loads p1 0, p2 1
+    w.deliver_queued()
+    w.deliver_queued()
+    (job,) = w.submit("p2", 1)  # pushed to p1
+    assert [r for r, _ in handoffs(w, "p2")] == ["p1"]
+    w.deliver_queued()  # p1 holds it and runs it; its JobMoved reports are queued to p2
+    assert job in w.peers["p1"].running
+    w.submit("p1", 1)
+    w.advance(5.0, deliver=False)  # partition: p2 takes the job back and runs it itself
+    assert job in w.peers["p2"].running
+    w.deliver_queued()  # the late JobMoved: record.executor = p1, still dead for p2
+    w.advance(5.0, deliver=False)  # p2 re-issues: attempt 2 queued at p2, attempt 1 runs at p2
+    # Now (the bug): record attempt 2, floor 2, executor p2; attempt 2 in p2's
+    # queue and q/, attempt 1 still in p2's running, under the same id.
+    if job in w.peers["p2"].running:
+        w.finish("p2", job)  # attempt 1 exits: q/<job> (attempt 2) is deleted
+    w.check()  # fails here: "acknowledged job ... lost"
+    w.settle(iterations=400)

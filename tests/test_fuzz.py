@@ -1,0 +1,428 @@
+"""Hostile input, fuzzed with hypothesis: the client text protocol, the CBOR
+frame decoder and message check, and the authentication exchange — first the
+sans-IO pieces (many cases, fast), then through a whole peer's edge on
+trio's virtual clock (any bytes, split anywhere: the peer never crashes,
+buffers stay bounded, another client keeps being served, and nothing stored
+changes). docs/security.md reports the case counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import types
+import typing
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from executor import links, protocol
+from executor.cluster import Cluster
+from executor.config import AllowList, Config, Security
+from executor.core import ClientRequest, PeerCore, PeerMessage, Tick
+from executor.node import Node
+from gossip import auth, wire
+from storage import layout
+from storage.store import MemoryStore
+
+CONFIG = Config.local()
+SECRET = b"s" * 32
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+EDGE = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points + [len(data)]:
+        pieces.append(data[last:p])
+        last = p
+    return [p for p in pieces if p]
+
+
+# ---------------------------------------------------------------------------
+# The text protocol
+
+_VERBS = [b"SUBMIT ", b"STATUS ", b"RESULT ", b"WAIT ", b"CANCEL ", b"LIST ", b"PEERS", b"HELP", b"STATS", b"r",
+          b"AUTH ", b"QUIT", b"--timeout ", b"n1-1", b"1e308", b"nan", b"-1", b"\x00", b"\r", b"\n", b"\xff", b" "]
+client_bytes = st.lists(st.one_of(st.binary(max_size=64), st.sampled_from(_VERBS)), max_size=30).map(b"".join)
+
+
+@FUZZ
+@given(data=client_bytes, cuts=st.lists(st.integers(0, 10_000), max_size=8), bound=st.integers(1, 80))
+def test_text_protocol_any_bytes_split_anywhere(data, cuts, bound):
+    splitter = protocol.LineSplitter(bound)
+    whole = []
+    for piece in splits(data, cuts):
+        for line in splitter.feed(piece):
+            whole.append(line)
+            if line is protocol.LineSplitter.TOO_LONG:
+                continue
+            assert len(line) <= bound
+            try:
+                protocol.parse_command(line, command_bytes_max=64, timeout_max_s=100.0, wait_max_s=10.0, list_max=5)
+            except protocol.ClientError as exc:
+                assert exc.reply().startswith(b"ERR ") and exc.reply().count(b"\n") == 1
+        assert splitter.pending_bytes <= bound  # memory stays bounded
+    # Splitting never changes the lines found.
+    one = protocol.LineSplitter(bound)
+    assert one.feed(data) == whole
+
+
+_ENTRY = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp", "Cs")), max_size=12)
+
+
+@FUZZ
+@given(st.text(max_size=40), st.lists(_ENTRY, max_size=4), st.lists(_ENTRY, max_size=2))
+def test_allow_list_never_passes_shell_syntax_through_a_prefix(command, prefixes, exact):
+    allow = AllowList.parse("\n".join([p + "*" for p in prefixes] + exact))
+    if not allow.allows(command):
+        return
+    command = command.strip()
+    if command in {e.strip() for e in exact}:
+        return
+    tails = [command[len(p.strip()):] for p in prefixes if command.startswith(p.strip())]
+    assert tails, "allowed without an entry"
+    assert any(all(c.isascii() and (c.isalnum() or c in " _-./=:,@%+") for c in t) for t in tails)
+
+
+# ---------------------------------------------------------------------------
+# CBOR frames and messages
+
+_TAGS = sorted(wire.registered_tags())
+
+
+_GOOD_STR = {
+    "id": ["n1", "n2", "n3"], "from_id": ["n2", "n3"], "target_id": ["n1", "n2"], "thief": ["n2"],
+    "sender": ["n2"], "receiver": ["n2"], "executor": ["n1", "n2"], "home": ["n1", "n2"],
+    "addr": ["n2:1", "n3:1"], "from_addr": ["n2:1"], "target_addr": ["n1:1", "n3:1"],
+    "job_id": ["n1-1", "n2-1", "n2-2", "n1-99"], "reason": ["timeout", "signal-9"], "kind": ["sh", "sleep"],
+    "command": ["true", "echo hi"],
+}
+
+
+def _value_for(annotation, depth: int = 0, name: str = ""):
+    """A strategy for well-typed values of a wire annotation: mostly plausible
+    (so that messages get past the checks and into the core), often hostile
+    (huge, negative, NaN, odd strings)."""
+    if annotation is int:
+        return st.one_of(st.integers(0, 3), st.integers(0, 3), st.integers(-(2**64), 2**64))
+    if annotation is float:
+        return st.one_of(st.floats(0, 2000), st.floats(0, 2000), st.floats(allow_nan=True, allow_infinity=True))
+    if annotation is str:
+        good = _GOOD_STR.get(name, ["n1", "x"])
+        return st.one_of(st.sampled_from(good), st.sampled_from(good), st.sampled_from(good), st.text(max_size=12))
+    if annotation is bytes:
+        return st.binary(max_size=16)
+    if annotation is bool:
+        return st.booleans()
+    if annotation is None or annotation is type(None):
+        return st.none()
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return st.sampled_from(list(annotation))
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _message_of(annotation, depth + 1)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return st.one_of(*[_value_for(a, depth, name) for a in args])
+    if origin is tuple:
+        item = _value_for(args[0], depth + 1, name)
+        return st.lists(item, max_size=3 if depth < 2 else 0).map(tuple)
+    if origin is list:
+        return st.lists(_value_for(args[0], depth + 1, name), max_size=3).map(list)
+    if origin is dict:
+        return st.dictionaries(st.text(max_size=4), _value_for(args[1], depth + 1, name), max_size=3)
+    return st.none()
+
+
+def _message_of(cls, depth: int = 0):
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    return st.tuples(*[_value_for(hints[name], depth, name) for name in fields]).map(lambda vs: cls(*vs))
+
+
+any_message = st.sampled_from(_TAGS).flatmap(lambda tag: _message_of(wire.registered_tags()[tag]))
+
+
+def _core(peer_id: str = "n1"):
+    store = MemoryStore()
+    snap = layout.start(store, peer_id)
+    cluster = Cluster(peer_id, f"{peer_id}:1", 1, CONFIG, random.Random(1), 1000.0)
+    core = PeerCore(peer_id, CONFIG, 2, random.Random(1), snap, 1000.0, cluster=cluster)
+    core.handle_join(["n2:1"], {}, 1000.0)
+    for k in range(2):  # home jobs n1-1 and n1-2, so job messages find records
+        core.handle(ClientRequest((None, k), protocol.Submit(protocol.JobSpec("sleep", sleep_ms=10))), 1000.0)
+    store.write(core.take()[0], sync=True)
+    return core, store
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 1000), max_size=6), bound=st.integers(1, 200))
+def test_frame_decoder_any_bytes(data, cuts, bound):
+    decoder = wire.FrameDecoder(bound)
+    try:
+        for piece in splits(data, cuts):
+            for payload in decoder.feed(piece):
+                assert 0 < len(payload) <= bound
+                try:
+                    links.check_message(wire.decode(payload), "n2", CONFIG)
+                except wire.ProtocolError:
+                    pass
+            assert decoder.buffered_bytes <= bound + wire.FRAME_HEADER_BYTES
+    except wire.ProtocolError:
+        pass
+
+
+@FUZZ
+@given(msg=any_message, sender=st.sampled_from(["n2", "n3"]))
+def test_any_well_typed_message_is_refused_or_harmless_to_the_core(msg, sender):
+    """The codec type-checks; check_message judges values; the core ignores
+    what does not apply. Nothing may raise in the core, and a refused message
+    never reaches it."""
+    try:
+        payload = wire.encode(msg)
+    except (TypeError, ValueError, OverflowError):
+        return  # not encodable (e.g. an int beyond CBOR): cannot be on the wire
+    try:
+        decoded = wire.decode(payload)
+        links.check_message(decoded, sender, CONFIG)
+    except wire.ProtocolError:
+        return
+    core, store = _core()
+    core.handle(PeerMessage(sender, decoded, f"{sender}:1"), 1000.5)
+    core.handle(Tick(), 1001.0)
+    writes, _ = core.take()
+    store.write(writes, sync=True)
+    store.crash()
+    layout.start(store, "n1")  # whatever was stored reads back
+    for value in [v for _, v in store.scan(layout.HELD)]:
+        d = layout.decode(value, "held")
+        protocol.split_job_id(d["id"])  # a restart can order the held jobs
+
+
+@FUZZ
+@given(msg=any_message, flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4))
+def test_mutated_frames_are_refused_or_valid(msg, flips):
+    try:
+        payload = bytearray(wire.encode(msg))
+    except (TypeError, ValueError, OverflowError):
+        return
+    for pos, xor in flips:
+        payload[pos % len(payload)] ^= xor
+    try:
+        links.check_message(wire.decode(bytes(payload)), "n2", CONFIG)
+    except wire.ProtocolError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The authentication exchange
+
+
+def _handshake(secret_i: bytes, secret_a: bytes, cuts=()):
+    hello = wire.hello_line("n2", 1, "n2:1")
+    init = auth.Initiator(secret_i, hello, b"i" * 32)
+    acc = auth.Acceptor(secret_a, hello, b"a" * 32)
+    first = init.start()[len(hello):]
+    reply = b"".join(acc.feed(p) for p in splits(first, list(cuts)))
+    proof = b"".join(init.feed(p) for p in splits(reply, list(cuts)))
+    acc.feed(proof)
+    return init, acc
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 1000), max_size=6), lines=st.booleans())
+def test_acceptor_any_bytes_never_authenticates(data, cuts, lines):
+    if lines:  # make it look like the protocol: AUTH lines of hex
+        data = b"AUTH " + data.hex().encode()[:64] + b"\nAUTH " + data.hex().encode()[64:128] + b"\n" + data
+    acc = auth.Acceptor(SECRET, wire.hello_line("n2", 1, "n2:1"), b"a" * 32)
+    try:
+        for piece in splits(data, cuts):
+            acc.feed(piece)
+            assert len(acc._lines.buf) <= auth.AUTH_LINE_BYTES_MAX + 70_000
+    except auth.AuthError:
+        return
+    assert not acc.done
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 1000), max_size=6))
+def test_initiator_any_bytes_never_authenticates(data, cuts):
+    init = auth.Initiator(SECRET, wire.hello_line("n2", 1, "n2:1"), b"i" * 32)
+    init.start()
+    try:
+        for piece in splits(data, cuts):
+            init.feed(piece)
+    except auth.AuthError:
+        return
+    assert not init.done
+
+
+@FUZZ
+@given(cuts=st.lists(st.integers(0, 300), max_size=6), payloads=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=5),
+       attack=st.sampled_from(["none", "flip", "replay", "reorder", "inject"]), where=st.integers(0, 10_000))
+def test_handshake_split_anywhere_and_frames_bound_to_it(cuts, payloads, attack, where):
+    init, acc = _handshake(SECRET, SECRET, cuts)
+    assert init.done and acc.done
+    framed = [init.sealer.seal(p) for p in payloads]
+    bodies = [f[4:] for f in framed]
+    if attack == "flip":
+        i = where % len(bodies)
+        b = bytearray(bodies[i])
+        b[where % len(b)] ^= 1
+        bodies[i] = bytes(b)
+    elif attack == "replay":
+        bodies.insert(where % (len(bodies) + 1), bodies[where % len(bodies)])
+    elif attack == "reorder" and len(bodies) > 1 and bodies[0] != bodies[1]:
+        bodies[0], bodies[1] = bodies[1], bodies[0]
+    elif attack == "inject":
+        other, _ = _handshake(SECRET, SECRET)  # same secret, another connection
+        bodies.insert(where % (len(bodies) + 1), other.sealer.seal(b"x")[4:])
+    else:
+        attack = "none"
+    got = []
+    try:
+        for body in bodies:
+            got.append(acc.opener.open(body))
+    except auth.AuthError:
+        assert attack != "none"
+        return
+    assert got == payloads and attack == "none"
+
+
+@given(st.binary(min_size=16, max_size=40))
+@settings(max_examples=50, deadline=None)
+def test_wrong_secret_is_refused_both_ways(other):
+    if other == SECRET:
+        return
+    with pytest.raises(auth.AuthError):
+        _handshake(other, SECRET)  # the initiator refuses the acceptor's proof
+    # An initiator that ignores that and answers with its own (wrong) proof:
+    hello = wire.hello_line("n2", 1, "n2:1")
+    acc = auth.Acceptor(SECRET, hello, b"a" * 32)
+    reply = acc.feed(b"AUTH " + (b"i" * 32).hex().encode() + b"\n")
+    nonce_a = bytes.fromhex(reply.split()[1].decode())
+    forged = auth._mac(other, auth._LABEL_INITIATOR, auth._transcript(hello, b"i" * 32, nonce_a))
+    with pytest.raises(auth.AuthError):
+        acc.feed(b"AUTH " + forged.hex().encode() + b"\n")
+    assert not acc.done
+
+
+# ---------------------------------------------------------------------------
+# Through a whole peer's edge (trio virtual clock, in-memory streams)
+
+
+def _run_edge(security: Security, attack, config: Config | None = None):
+    """Boot one peer on a MemoryStore, run `attack(node)`, then check that a
+    good client is still served and return (node, store contents before, after)."""
+    out = {}
+
+    async def main():
+        store = MemoryStore()
+        node = Node(data_dir="/tmp/peerjobs-fuzz-unused", listen=("n1", 1), slots=1, name="n1",
+                    config=config or Config.local(), store=store, clock=trio.current_time, security=security)
+        node.addr = "n1:1"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: node.run(listen=False))
+            await node.listening.wait()
+            await trio.sleep(0.1)
+            before = dict(store.scan(b""))
+            await attack(node, nursery)
+            await trio.sleep(1)
+            # Another client is served.
+            good, server = trio.testing.memory_stream_pair()
+            nursery.start_soon(node.serve, server)
+            hello = b"AUTH " + security.token + b"\n" if security.token else b""
+            await good.send_all(hello + b"PEERS\n")
+            data = b""
+            with trio.fail_after(5):
+                while b"peers\n" not in data:
+                    data += await good.receive_some(4096)
+            await good.send_all(b"QUIT\n")
+            after = dict(store.scan(b""))
+            out.update(node=node, before=before, after=after)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    node = out["node"]
+    assert node.edge_stats["handler_errors"] == 0
+    return node, out["before"], out["after"]
+
+
+async def _throw(node, nursery, pieces: list[bytes], *, gap: float = 0.01):
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(node.serve, server)
+    try:
+        for p in pieces:
+            await client.send_all(p)
+            await trio.sleep(gap)
+        with trio.move_on_after(0.5):
+            while await client.receive_some(65536):
+                pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    await client.aclose()
+
+
+@EDGE
+@given(data=client_bytes, cuts=st.lists(st.integers(0, 2000), max_size=6))
+def test_node_client_edge_unauthenticated_bytes_change_nothing(data, cuts):
+    sec = Security(token=b"t" * 20)
+
+    async def attack(node, nursery):
+        await _throw(node, nursery, splits(data, cuts) or [b""])
+
+    node, before, after = _run_edge(sec, attack)
+    assert before == after
+
+
+@EDGE
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 2000), max_size=6), as_peer=st.booleans(),
+       secret=st.booleans())
+def test_node_peer_edge_any_bytes_change_nothing(data, cuts, as_peer, secret):
+    """Bytes after a valid hello (as a peer), with or without a cluster secret."""
+    sec = Security(secret=SECRET if secret else None)
+    hello = wire.hello_line("n9", 1, "n9:1") if as_peer else wire.HELLO_PREFIX
+
+    async def attack(node, nursery):
+        await _throw(node, nursery, splits(hello + data, cuts))
+
+    node, before, after = _run_edge(sec, attack)
+    assert before == after
+
+
+@EDGE
+@given(msgs=st.lists(any_message, min_size=1, max_size=4), cuts=st.lists(st.integers(0, 5000), max_size=4))
+def test_node_peer_edge_well_typed_messages_never_crash(msgs, cuts):
+    """Authenticated frames of any well-typed messages, split anywhere: the
+    peer refuses or handles them, and never crashes."""
+    sec = Security(secret=SECRET)
+
+    async def attack(node, nursery):
+        hello = wire.hello_line("n2", 1, "n2:1")
+        init = auth.Initiator(SECRET, hello, b"i" * 32)
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(node.serve, server)
+        await client.send_all(init.start())
+        proof = b""
+        while not init.done:
+            proof = init.feed(await client.receive_some(4096))
+        frames = b""
+        for m in msgs:
+            try:
+                frames += init.sealer.seal(wire.encode(m))
+            except (TypeError, ValueError, OverflowError):
+                pass
+        for piece in splits(proof + frames, cuts):
+            try:
+                await client.send_all(piece)
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.01)
+        await trio.sleep(0.5)
+        await client.aclose()
+
+    _run_edge(sec, attack)
