@@ -122,6 +122,12 @@ class Config:
     """Largest CBOR frame from a peer; a handoff batch or a result (which
     carries up to 2 x output_bytes_max) must fit."""
 
+    peer_link_unacked_s: float = 3.0
+    """Data on a peer link unacknowledged this long closes the link
+    (TCP_USER_TIMEOUT). Longer than any pause a live peer's kernel would
+    take to acknowledge; far shorter than TCP's own give-up (~15 minutes),
+    so a partition's stale links do not delay the heal."""
+
     peer_send_queue_max: int = 1024
     """Frames waiting to be written to one peer; past it gossip frames are
     dropped and counted (gossip tolerates loss; job messages are resent)."""

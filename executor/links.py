@@ -31,6 +31,7 @@ import logging
 import math
 import re
 import secrets
+import socket
 from collections import Counter
 
 import trio
@@ -180,6 +181,13 @@ class Links:
 
     async def _open(self, addr: str):
         stream = await self._connect(addr)
+        if hasattr(stream, "setsockopt") and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # A link whose data goes unacknowledged (the peer is cut off or
+            # gone) is closed by the kernel after this long, instead of
+            # retransmitting with a back-off that grows to minutes; the next
+            # frame opens a fresh link, so a healed partition heals at once.
+            unacked_ms = int(self.config.peer_link_unacked_s * 1000)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, unacked_ms)
         ctx = self.security.client_ssl
         if ctx is not None:
             host = addr.rpartition(":")[0].strip("[]")

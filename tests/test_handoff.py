@@ -669,10 +669,10 @@ def test_home_down_while_the_result_is_sent_is_resent_with_backoff_until_it_is_b
 # Both FAIL against executor/core.py as it stands; see each docstring.
 
 
-def test_BUG_handoff_of_a_reissued_attempt_to_a_peer_running_the_old_one_loses_the_job():
-    """BUG (executor/core.py, PeerCore._on_handoff): a receiver that already
-    holds or runs a job skips the transferred copy ("a duplicate transfer: we
-    already hold it") whatever its attempt, yet acks the whole transfer. When
+def test_handoff_of_a_reissued_attempt_to_a_peer_running_the_old_one_keeps_the_job():
+    """Regression (found by TestThreePeers): a receiver that already held or
+    ran a job used to skip the transferred copy whatever its attempt, yet ack
+    the whole transfer. When
     the copy is a NEWER attempt (the home re-issued the job, raising its floor),
     the sender deletes its q/ on that ack, the receiver finishes the OLD attempt,
     whose result the home ignores (attempt < floor), and nobody holds the job
@@ -715,9 +715,9 @@ def test_BUG_handoff_of_a_reissued_attempt_to_a_peer_running_the_old_one_loses_t
     w.settle(iterations=400)
 
 
-def test_BUG_reissue_at_a_home_that_runs_the_job_itself_deletes_the_new_attempts_q():
-    """BUG (executor/core.py, PeerCore._maybe_reissue + _on_exited): the home
-    took a lent job back (the receiver looked dead) and runs it itself as
+def test_reissue_at_a_home_that_runs_the_job_itself_keeps_its_q():
+    """Regression (found by TestThreePeers; fixed: a home never re-issues a
+    job it holds itself): the home took a lent job back (the receiver looked dead) and runs it itself as
     attempt 1; a late JobMoved from the receiver then sets record.executor to
     the receiver, which is still dead in the home's view, so the home re-issues
     the job: attempt 2 is put in `queue` and written to q/<id> while attempt 1
