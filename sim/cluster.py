@@ -699,12 +699,7 @@ def _print_report(rep: dict) -> None:
     def f(x, unit=""):
         return "-" if x is None else f"{x}{unit}"
 
-    lines = [
-        f"verdict      {'OK' if rep['ok'] else 'FAILED'}: lost={rep['lost']} duplicated={rep['duplicated']} "
-        f"unexpected={rep['unexpected']} mismatched={rep['mismatched']}"
-        + (" (TIMED OUT)" if rep["timed_out"] else ""),
-        f"submissions  acked={rep['acked']} unknown={rep['unknown']} (recovered {rep['recovered']}) "
-        f"rejected={rep['rejected']} busy-retries={rep['busy_retries']}",
+    lines = verdict_lines(rep) + [
         f"re-executed  {rep['reexecuted']} jobs ({rep['extra_attempts']} extra attempts)",
         f"throughput   {f(rep['jobs_per_s'])} jobs/s end to end; acks {f(rep['acks_per_s'])}/s, "
         f"ack p50 {f(rep['ack_p50_ms'], ' ms')} p99 {f(rep['ack_p99_ms'], ' ms')}",
@@ -718,14 +713,30 @@ def _print_report(rep: dict) -> None:
         f"rejoin       alive (new incarnation) in every view: median {f(rep['rejoin_median_s'], ' s')} max "
         f"{f(rep['rejoin_max_s'], ' s')}",
     ]
+    lines += findings_lines(rep)
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def verdict_lines(rep: dict) -> list[str]:
+    """The checker's verdict and the submissions, as every harness reports them."""
+    return [
+        f"verdict      {'OK' if rep['ok'] else 'FAILED'}: lost={rep['lost']} duplicated={rep['duplicated']} "
+        f"unexpected={rep['unexpected']} mismatched={rep['mismatched']}" + (" (TIMED OUT)" if rep["timed_out"] else ""),
+        f"submissions  acked={rep['acked']} unknown={rep['unknown']} (recovered {rep['recovered']}) "
+        f"rejected={rep['rejected']} busy-retries={rep['busy_retries']}",
+    ]
+
+
+def findings_lines(rep: dict) -> list[str]:
+    """Examples of whatever broke, and the harness's own errors."""
+    lines = []
     if rep["lost"]:
         lines.append(f"lost         states {rep['lost_states']}; e.g. {rep['examples']['lost']}")
     for key in ("duplicated", "unexpected", "mismatched"):
         if rep[key]:
             lines.append(f"{key:12s} e.g. {rep['examples'][key]}")
-    for e in rep["errors"]:
-        lines.append(f"error        {e}")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    lines += [f"error        {e}" for e in rep["errors"]]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -747,11 +747,7 @@ def _print_report(rep: dict) -> None:
     def f(x, unit=""):
         return "-" if x is None else f"{x}{unit}"
 
-    lines = [
-        f"verdict      {'OK' if rep['ok'] else 'FAILED'}: lost={rep['lost']} duplicated={rep['duplicated']} "
-        f"unexpected={rep['unexpected']} mismatched={rep['mismatched']}" + (" (TIMED OUT)" if rep["timed_out"] else ""),
-        f"submissions  acked={rep['acked']} unknown={rep['unknown']} (recovered {rep['recovered']}) "
-        f"rejected={rep['rejected']} busy-retries={rep['busy_retries']}",
+    lines = cl.verdict_lines(rep) + [
         f"re-executed  {rep['reexecuted']} jobs ({rep['extra_attempts']} extra attempts); peers re-issued "
         f"{rep['reissued']}, ignored {rep['results_duplicate']} duplicate/late results",
         f"makespan     {f(rep['makespan_s'], ' s')} vs ideal {f(rep['ideal_s'], ' s')} = "
@@ -770,13 +766,7 @@ def _print_report(rep: dict) -> None:
                      f"{f(c['minority_sees_alive_all_s'])}"
                      + (f"; same-side peers declared dead: {' '.join(c['collateral_dead'])} (longest "
                         f"{c['collateral_dead_longest_s']}s)" if c["collateral_dead"] else ""))
-    if rep["lost"]:
-        lines.append(f"lost         states {rep['lost_states']}; e.g. {rep['examples']['lost']}")
-    for key in ("duplicated", "unexpected", "mismatched"):
-        if rep[key]:
-            lines.append(f"{key:12s} e.g. {rep['examples'][key]}")
-    for e in rep["errors"]:
-        lines.append(f"error        {e}")
+    lines += cl.findings_lines(rep)
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -15,8 +15,9 @@ from storage.store import MemoryStore
 class MemoryNet:
     """Peers reachable by address over `memory_stream_pair`s."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, config: Config | None = None):
         self.tmp_path = tmp_path
+        self.config = config or Config.local()
         self.nodes: dict[str, Node] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self.stores: dict[str, MemoryStore] = {}
@@ -29,14 +30,14 @@ class MemoryNet:
         node.nursery.start_soon(node.serve, server)
         return client
 
-    async def start(self, nursery, name: str, seeds=(), slots: int = 1) -> Node:
+    async def start(self, nursery, name: str, seeds=(), slots: int = 1, security=None) -> Node:
         addr = f"{name}:1"
         store = self.stores.setdefault(addr, MemoryStore())
         store.crash()  # what a restarted process sees: the durable contents
         node = Node(
             data_dir=str(self.tmp_path / name), listen=(name, 1), slots=slots, name=name,
-            config=Config.local(), seeds=list(seeds), store=store, clock=trio.current_time,
-            connect=self.connect,
+            config=self.config, seeds=list(seeds), store=store, clock=trio.current_time,
+            connect=self.connect, security=security,
         )
         node.addr = addr
         self.nodes[addr] = node
