@@ -45,7 +45,7 @@ from typing import Any
 from executor import balance
 from executor.config import Config
 from gossip import membership as gossip
-from executor.jobs import HeldJob, JobEvent, JobRecord, JobState
+from executor.jobs import HeldJob, JobEvent, JobRecord
 from executor.messages import (
     CancelJob,
     Handoff,

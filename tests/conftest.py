@@ -152,3 +152,21 @@ def peers(tmp_path):
         if p.proc and p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+def processes_under(path: str) -> list[int]:
+    """Pids of live processes whose command line mentions `path`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if path in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids

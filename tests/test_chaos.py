@@ -7,6 +7,7 @@ import json
 import os
 
 from sim import checker
+from tests.conftest import processes_under
 from sim.checker import ACKED, REJECTED, UNKNOWN, Kill, Observed, Submission
 
 
@@ -106,24 +107,6 @@ def test_kill_timings_and_imbalance():
 # A short real run
 
 
-def _processes_under(path: str) -> list[int]:
-    """Pids of live processes whose command line mentions `path`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if path in cmdline and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 def _children() -> list[int]:
     me, out = os.getpid(), []
     for entry in os.listdir("/proc"):
@@ -153,7 +136,7 @@ def test_short_chaos_run_loses_nothing(tmp_path, capsys):
     assert report["acked"] + report["unknown"] + report["rejected"] >= 300
     assert not report["timed_out"]
     assert status == 0
-    assert _processes_under(workdir) == []
+    assert processes_under(workdir) == []
     assert set(_children()) <= before
 
 
@@ -167,4 +150,4 @@ def test_shell_jobs_and_one_entry_peer(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert status == 0, report
     assert report["acked"] == 60 and report["lost"] == report["mismatched"] == report["duplicated"] == 0
-    assert _processes_under(workdir) == []
+    assert processes_under(workdir) == []

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import collections
 import signal
-import threading
 import time
 
-import pytest
 
 from executor.client import Client
 

@@ -3,7 +3,6 @@ in-memory streams: no sockets, no real sleeps."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from sim import netns
+from tests.conftest import processes_under
 from sim.netns import Cut, cut_timings
 
 
@@ -50,23 +51,6 @@ def _ours(pid_names: set[str]) -> list[str]:
     return left
 
 
-def _processes_under(path: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if path in cmdline and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 def test_cut_and_heal_loses_nothing(tmp_path, capsys):
     """3 peers x 2 slots, 240 shell jobs of 0.2 s paced at 60/s (twice what they
     can run: queues build up and are stolen, so the cut peer holds jobs of the
@@ -85,7 +69,7 @@ def test_cut_and_heal_loses_nothing(tmp_path, capsys):
     pid = os.getpid()
     names = {f"pjbr{pid}"} | {f"pj{pid}-{i}" for i in (1, 2, 3)} | {f"pj{pid}v{i}" for i in (1, 2, 3)}
     assert _ours(names) == [], "namespaces or links of the run left behind"
-    assert _processes_under(workdir) == []
+    assert processes_under(workdir) == []
     assert report["lost"] == report["duplicated"] == report["unexpected"] == report["mismatched"] == 0, report
     assert report["cuts"] >= 1 and report["cut_log"][0]["cut_s"] >= 4.0
     assert report["acked"] + report["unknown"] + report["rejected"] >= 240

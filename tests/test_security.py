@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
