@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -187,7 +186,7 @@ def _as_tuple(reply: Reply, verb: str) -> tuple:
     adds stdout; LIST and PEERS give ("ok", [lines])."""
     if not reply.ok:
         return ("err", reply.code, reply.message)
-    if verb in ("LIST", "PEERS"):
+    if verb in ("LIST", "PEERS", "STATS"):
         return ("ok", reply.lines)
     if verb == "RESULT":
         return ("ok", reply.text, reply.stdout)
@@ -493,8 +492,6 @@ async def _settle(cluster: ProcessCluster, rec: Record, timeout_s: float) -> boo
     return False
 
 
-_ISSUED = re.compile(r"has issued (\d+)")
-
 
 async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[dict, dict]:
     """Every job every home has issued (STATUS, then RESULT of the final
@@ -510,16 +507,16 @@ async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[
         issued = acked_max[peer.name]
         for _ in range(3):
             try:
-                probe = await request_many(peer.addr, [f"STATUS {peer.name}-999999999", "LIST 1000"])
+                probe = await request_many(peer.addr, ["STATS", "LIST 1000"])
                 break
             except (*_CONN_ERRORS, trio.TooSlowError):
                 await trio.sleep(0.5)
         else:
             rec.errors.append(f"could not ask {peer.name} at the end")
             continue
-        m = _ISSUED.search(probe[0][2]) if probe[0][0] == "err" else None
-        if m:
-            issued = max(issued, int(m.group(1)))
+        if probe[0][0] == "ok":
+            stats = dict(line.split("=", 1) for line in probe[0][1] if "=" in line)
+            issued = max(issued, int(stats.get("issued", 0)))
         if probe[1][0] == "ok":
             listed[peer.name] = [line.split(" ", 1)[0] for line in probe[1][1]]
         ids = [f"{peer.name}-{k}" for k in range(1, issued + 1)]
