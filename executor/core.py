@@ -595,7 +595,7 @@ class PeerCore:
             return False
         succeeded = result.exit_code == 0 and result.reason is None
         record.apply(JobEvent.SUCCEED if succeeded else JobEvent.FAIL)
-        record.attempt = max(record.attempt, result.attempt)
+        record.attempt = result.attempt  # STATUS and RESULT name the run whose result this is
         record.executor = result.executor
         record.exit_code = result.exit_code
         record.reason = None if succeeded else (result.reason or "nonzero-exit")
