@@ -30,6 +30,7 @@ class _View:
     load: balance.PeerLoad
     version: tuple[int, int]  # (incarnation, load version) it came from
     delta: int = 0  # jobs we moved to (+) or from (-) that peer since then
+    observed_at: float = float("-inf")  # when `load` came first-hand from the peer
 
     def current(self) -> balance.PeerLoad:
         load = self.load
@@ -52,6 +53,10 @@ class Cluster:
         self._views: dict[str, _View] = {}
         self._loads: list[balance.PeerLoad] | None = None  # built at most once per tick
         self._heard_at: dict[str, str] = {}  # peer id -> address its last link announced
+        self._now = now
+        # Gossip publishes a load at most once per probe period, so a load a
+        # peer told us itself stays the better news for that long.
+        self._fresh_s = config.gossip.probe_interval_s
         self.dead_since: dict[str, float] = {}
 
     # --- membership passthrough: each returns membership actions
@@ -61,6 +66,7 @@ class Cluster:
 
     def tick(self, now: float) -> list:
         self._loads = None
+        self._now = now
         return self.membership.tick(now)
 
     def heard_from(self, peer_id: str, addr: str) -> None:
@@ -130,7 +136,9 @@ class Cluster:
                 continue
             version = (m.incarnation, m.load.version)
             view = self._views.get(m.id)
-            if view is None or view.version != version:
+            if view is not None and view.version != version and self._now - view.observed_at < self._fresh_s:
+                view.version = version  # first-hand news is newer than what gossip brings now
+            elif view is None or view.version != version:
                 load = balance.PeerLoad(m.id, m.load.queued, m.load.running, max(1, m.load.slots))
                 view = self._views[m.id] = _View(load, version)
             out.append(view.current())
@@ -147,7 +155,7 @@ class Cluster:
         """First-hand load of a peer (it came with its own message)."""
         view = self._views.get(load.peer_id)
         if view is not None:
-            view.load, view.delta = load, 0
+            view.load, view.delta, view.observed_at = load, 0, self._now
             self._refresh(load.peer_id, view)
 
     def _refresh(self, peer_id: str, view: _View) -> None:

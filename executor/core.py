@@ -738,11 +738,17 @@ class PeerCore:
             )
             for job in jobs
         )
-        self._send(receiver, Handoff(transfer_id, self.peer_id, request_id, transfers))
+        me = self.load
+        self._send(receiver, Handoff(transfer_id, self.peer_id, request_id, transfers, me.queued, me.running, me.slots))
+
+    def _observed(self, peer_id: str, queued: int, running: int, slots: int) -> None:
+        """A peer told us its exact load in a message of its own."""
+        self.cluster.observed(balance.PeerLoad(peer_id, queued, running, max(1, slots)))
 
     def _on_handoff(self, msg: Handoff, now: float) -> None:
         self.steals.pop(msg.request_id, None)
         if not msg.jobs:
+            self._observed(msg.sender, msg.queued, msg.running, msg.slots)
             return
         for t in msg.jobs:
             here = self.queue.get(t.job_id) or self.running.get(t.job_id) or self.superseded.get(t.job_id)
@@ -765,11 +771,13 @@ class PeerCore:
                 self._hold(job, now, persist=True)  # replaces an older queued attempt
             self.counters.steals_in += 1
             self._report_location(job, now)
-        self.cluster.moved(msg.sender, -len(msg.jobs))
+        self._observed(msg.sender, msg.queued, msg.running, msg.slots)
         # Sent only after the batch above is durable: the sender may forget them then.
-        self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id))
+        me = self.load
+        self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id, me.queued, me.running, me.slots))
 
     def _on_handoff_ack(self, msg: HandoffAck, now: float) -> None:
+        self._observed(msg.receiver, msg.queued, msg.running, msg.slots)
         lend = self.lends.pop(msg.transfer_id, None)
         if lend is None or lend.receiver != msg.receiver:
             return  # already reclaimed after a timeout: both copies may run

@@ -54,6 +54,9 @@ class Handoff:
     sender: str
     request_id: int
     jobs: tuple[JobTransfer, ...]
+    queued: int  # the sender's load once these jobs left it: first-hand news
+    running: int
+    slots: int
 
 
 @message("handoff-ack")
@@ -63,6 +66,9 @@ class HandoffAck:
 
     transfer_id: int
     receiver: str
+    queued: int  # the receiver's load with those jobs: first-hand news
+    running: int
+    slots: int
 
 
 @message("moved")

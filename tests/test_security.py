@@ -116,9 +116,9 @@ async def test_bad_frames_from_an_authenticated_peer_drop_the_link_not_the_peer(
         cases = [
             wire.encode(StealRequest(1, "n3", 0, 0, 1, 1)),  # speaks for another peer
             wire.encode(CancelJob("no-dash")),  # a job id the core could not parse
-            wire.encode(HandoffAck(424242, "n2")),  # an ack for a transfer that never was: ignored, link stays
+            wire.encode(HandoffAck(424242, "n2", 0, 0, 1)),  # an ack for a transfer that never was: ignored, link stays
             b"\xa1\x01\x02",  # CBOR, but not a message
-            wire.encode(HandoffAck(1, "n2")).replace(b"n2", b"\x00\x01"),  # wrong-typed field
+            wire.encode(HandoffAck(1, "n2", 0, 0, 1)).replace(b"n2", b"\x00\x01"),  # wrong-typed field
         ]
         for payload in cases:
             s, init = await link()
@@ -126,7 +126,7 @@ async def test_bad_frames_from_an_authenticated_peer_drop_the_link_not_the_peer(
             await trio.sleep(0.2)
         # A replayed frame (same bytes twice) breaks the MAC sequence.
         s, init = await link()
-        frame = init.sealer.seal(wire.encode(HandoffAck(7, "n2")))
+        frame = init.sealer.seal(wire.encode(HandoffAck(7, "n2", 0, 0, 1)))
         await s.send_all(frame + frame)
         await trio.sleep(0.2)
         assert n1.edge_stats["protocol_errors"] == 5  # all but the unknown ack

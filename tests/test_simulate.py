@@ -74,7 +74,7 @@ def _handoff_dropping_jobs(self, msg, now):
     """A receiver that acks a handoff without holding (or persisting) its jobs."""
     self.steals.pop(msg.request_id, None)
     if msg.jobs:
-        self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id))
+        self._send(msg.sender, HandoffAck(msg.transfer_id, self.peer_id, 0, 0, 1))
 
 
 def test_checker_catches_a_job_dropped_on_handoff(monkeypatch):
