@@ -78,6 +78,11 @@ class Config:
     """Jobs queued (not running) at this peer; SUBMIT past it gets `ERR busy`
     and nothing is stored. Bounds memory: a queued job costs ~1 KiB."""
 
+    records_retained_max: int = 200_000
+    """Finished jobs a home remembers (record and output); past it the oldest
+    finished are forgotten and STATUS answers not-found. A record costs about
+    1 KiB of memory, so this bounds a long-lived peer's memory and store."""
+
     job_timeout_default_s: float = 3600.0
     """Run time of a job submitted without --timeout; then it is killed and
     marked failed with reason=timeout."""

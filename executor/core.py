@@ -211,6 +211,7 @@ class Counters:
     busy_rejections: int = 0
     results_duplicate: int = 0
     reissued: int = 0
+    forgotten: int = 0  # final records dropped past records_retained_max
     batches: int = 0
 
 
@@ -237,6 +238,7 @@ class PeerCore:
         self.queue: OrderedDict[str, HeldJob] = OrderedDict()  # oldest first
         self.running: dict[str, HeldJob] = {}
         self.cancelled_running: set[str] = set()
+        self.finished: OrderedDict[str, None] = OrderedDict()  # final records, oldest first
         # A newer attempt of a job whose older attempt still runs here (being
         # killed): durable in q/, queued when the old run has exited.
         self.superseded: dict[str, HeldJob] = {}
@@ -343,6 +345,9 @@ class PeerCore:
             if not record.state.final and record.executor != self.peer_id:
                 self.remote_open.add(record.job_id)
             self.next_seq = max(self.next_seq, split_job_id(record.job_id)[1] + 1)
+        finals = [r for r in self.records.values() if r.state.final]
+        for record in sorted(finals, key=lambda r: (r.finished_at or 0.0, split_job_id(r.job_id)[1])):
+            self.finished[record.job_id] = None
         for d in sorted(snap.held, key=lambda d: (d["t"], split_job_id(d["id"])[1])):
             job = HeldJob.from_wire(d)
             if job.running:
@@ -410,7 +415,8 @@ class PeerCore:
             return record
         home, seq = split_job_id(job_id)
         if home == self.peer_id:
-            raise ClientError("not-found", f"no job {job_id} (this peer has issued {self.next_seq - 1})")
+            forgotten = f"; finished jobs beyond the latest {self.config.records_retained_max} are forgotten"
+            raise ClientError("not-found", f"no job {job_id} (this peer has issued {self.next_seq - 1}{forgotten})")
         where = self.cluster.address_of(home) if self.cluster is not None else None
         at = f" at {where}" if where else ""
         raise ClientError("not-home", f"job {job_id} belongs to peer {home}{at}; ask it there")
@@ -482,6 +488,7 @@ class PeerCore:
         record.reason = "cancelled"
         self.counters.cancelled += 1
         self._put_record(record)
+        self._retire(record.job_id)
         self._drop_held(record.job_id)
         if record.executor != self.peer_id and self.cluster is not None:
             self._send(record.executor, CancelJob(record.job_id))
@@ -612,9 +619,22 @@ class PeerCore:
         self._put_record(record)
         if result.stdout or result.stderr:
             self._writes.append((layout.key(layout.OUTPUT, record.job_id), layout.encode([result.stdout, result.stderr])))
+        self._retire(record.job_id)
         self._wake(record)
         self._drop_held(record.job_id)  # a re-issued copy here need not run now
         return True
+
+    def _retire(self, job_id: str) -> None:
+        """A record became final. Past `records_retained_max` final records,
+        the oldest are forgotten with their output (ids are never reused, so
+        a forgotten id can only ever be answered `not-found`)."""
+        self.finished[job_id] = None
+        while len(self.finished) > self.config.records_retained_max:
+            old, _ = self.finished.popitem(last=False)
+            del self.records[old]
+            self._writes.append((layout.key(layout.JOB, old), None))
+            self._writes.append((layout.key(layout.OUTPUT, old), None))
+            self.counters.forgotten += 1
 
     def _put_record(self, record: JobRecord) -> None:
         self._writes.append((layout.key(layout.JOB, record.job_id), layout.encode(record.to_wire())))
@@ -755,8 +775,8 @@ class PeerCore:
             if here is not None and here.attempt >= t.attempt:
                 continue  # a duplicate transfer: we already hold it
             record = self.records.get(t.job_id)
-            if record is not None and record.state.final:
-                continue  # it came home finished meanwhile: nothing to run
+            if (record is not None and record.state.final) or (record is None and t.home == self.peer_id):
+                continue  # it came home finished meanwhile (or so long ago it is forgotten)
             spec = JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s)
             job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
             if t.job_id in self.running:

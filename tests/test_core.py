@@ -263,3 +263,21 @@ def test_records_round_trip_through_the_store(harness):
     job, _ = submit(harness, spec=dataclasses.replace(SH, timeout_s=2.5))
     harness.crash()
     assert harness.core.records[job].spec.timeout_s == 2.5
+
+
+def test_finished_records_past_the_bound_are_forgotten_oldest_first():
+    h = CoreHarness(slots=1, config=Config.simulation(records_retained_max=2))
+    jobs = []
+    for _ in range(4):
+        job, _ = submit(h)
+        jobs.append(job)
+        h.step(JobExited(job, 1, 0, None, b"out", b""))
+    assert list(h.core.records) == jobs[2:]
+    assert f"j/{jobs[0]}".encode() not in h.store.durable and f"o/{jobs[0]}".encode() not in h.store.durable
+    (line,) = replies(h.step(h.request(Status(jobs[0]))))
+    assert line.startswith(b"ERR not-found") and b"forgotten" in line
+    h.crash()  # the bound and the order survive a restart
+    job, _ = submit(h)
+    assert job == "n1-5"  # ids are never reused
+    h.step(JobExited(job, 1, 0, None))
+    assert list(h.core.records) == [jobs[3], job]
