@@ -324,6 +324,9 @@ class PeerCore:
                           f"(incarnation {member.incarnation})")
             elif kind is gossip.MemberForgotten:
                 self._writes.append((layout.key(layout.PEER, action.peer_id), None))
+                # Bounded by the member table: a forgotten peer counts as dead
+                # since our start (Cluster.dead_for), long past any grace.
+                self.cluster.dead_since.pop(action.peer_id, None)
 
     @property
     def load(self) -> balance.PeerLoad:
