@@ -456,9 +456,10 @@ def _state_of(reply: tuple) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-async def _drain(cluster: ProcessCluster, rec: Record, deadline: float) -> float | None:
+async def drain(ask_states, rec: Record, deadline: float) -> float | None:
     """Wait until every acknowledged job is final at its home; the time it was
-    seen so, or None at the deadline."""
+    seen so, or None at the deadline. `ask_states(ids)` returns the STATUS
+    replies it could get, by id (homes it could not reach are asked again)."""
     open_ids = {s.job_id for s in rec.submissions if s.outcome == checker.ACKED}
     next_note = rec.now() + 2.0
     replies: dict[str, tuple] = {}
@@ -470,7 +471,7 @@ async def _drain(cluster: ProcessCluster, rec: Record, deadline: float) -> float
                  + "; ".join(" ".join(replies[j][1:]) if j in replies else f"{j} (no answer)" for j in some))
         if rec.now() > deadline:
             return None
-        replies = await _states(cluster, sorted(open_ids))
+        replies = await ask_states(sorted(open_ids))
         for job_id, reply in replies.items():
             if _state_of(reply) in ("done", "failed", "cancelled") or reply[:2] == ("err", "not-found"):
                 open_ids.discard(job_id)  # (not found at its home: lost, and waiting will not help)
@@ -576,7 +577,7 @@ async def run(args, workdir: str) -> Outcome:
                     t_submitted = rec.now()
                     _say(f"{sum(1 for s in rec.submissions if s.outcome == checker.ACKED)} submissions acknowledged "
                          f"in {t_submitted - t_start:.2f}s; waiting for them to finish")
-                    t_done = await _drain(cluster, rec, deadline)
+                    t_done = await drain(lambda ids: _states(cluster, ids), rec, deadline)
                     while args.chaos != "none" and len(rec.kills) < args.min_kills and rec.now() < deadline:
                         await trio.sleep(0.1)
                     chaos_nursery.cancel_scope.cancel()

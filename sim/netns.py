@@ -609,29 +609,6 @@ async def _states(peers: dict[str, cl.PeerProc], ids: list[str], timeout_s: floa
     return out
 
 
-async def _drain(peers: dict[str, cl.PeerProc], rec: cl.Record, deadline: float) -> float | None:
-    """Until every acknowledged job is final at its home; when it was seen so
-    (None at the deadline). Homes cut off are asked again next round."""
-    open_ids = {s.job_id for s in rec.submissions if s.outcome == checker.ACKED}
-    next_note = rec.now() + 2.0
-    replies: dict[str, tuple] = {}
-    while open_ids:
-        if rec.now() >= next_note:
-            next_note = rec.now() + 2.0
-            some = sorted(open_ids)[:3]
-            _say(f"{rec.now():.1f}s: {len(open_ids)} acknowledged jobs not final yet, e.g. "
-                 + "; ".join(" ".join(replies[j][1:]) if j in replies else f"{j} (no answer)" for j in some))
-        if rec.now() > deadline:
-            return None
-        replies = await _states(peers, sorted(open_ids), 2.0)
-        for job_id, reply in replies.items():
-            if cl._state_of(reply) in ("done", "failed", "cancelled") or reply[:2] == ("err", "not-found"):
-                open_ids.discard(job_id)
-        if open_ids:
-            await trio.sleep(0.2)
-    return rec.now()
-
-
 async def _stats(peer: cl.PeerProc) -> dict:
     try:
         with trio.fail_after(3.0):
@@ -684,7 +661,7 @@ async def run(args, workdir: str, net: Net) -> cl.Outcome:
                                                              pace=pace))
                 _say(f"{sum(1 for s in rec.submissions if s.outcome == checker.ACKED)} submissions acknowledged "
                      f"in {rec.now() - t_start:.2f}s; waiting for them to finish")
-                t_done = await _drain(by_name, rec, deadline)
+                t_done = await cl.drain(lambda ids: _states(by_name, ids, 2.0), rec, deadline)
                 while args.cut_for > 0 and len(cuts) < args.min_cuts and rec.now() < deadline:
                     await trio.sleep(0.1)
                 chaos.cancel_scope.cancel()
