@@ -17,11 +17,13 @@ Handling an event mutates the core's memory and appends to two buffers: the
 *writes* that must become durable and the *actions* the edge carries out (reply
 to a client, start or kill a job, send a message). The edge handles a batch of
 events, takes both buffers with `take()`, writes the writes in ONE synced batch
-and only then carries out the actions. That is group commit, and it is also the
-whole durability argument: nothing leaves the peer — no `OK` to a client, no ack
-to a peer, no job start — before the state it depends on is on disk. If the
-peer crashes before the sync, nobody was told anything, and the restart reads
-back the state as of the previous batch.
+and only then carries out the replies and sends. That is group commit, and it
+is also the whole durability argument: nothing leaves the peer — no `OK` to a
+client, no message to a peer — before the state it depends on is on disk. If
+the peer crashes before the sync, nobody was told anything, and the restart
+reads back the state as of the previous batch. Starting and killing jobs do not
+wait for the sync: a job started early runs at worst for nobody (its SUBMIT was
+never acknowledged) or once more after a crash (at-least-once).
 
 Job flow at a glance (docs/cluster.md has every crash point):
 
