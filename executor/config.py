@@ -176,6 +176,15 @@ class Config:
     result_retry_max_s: float = 5.0
     """Cap of the resend back-off."""
 
+    audit_interval_s: float = 2.0
+    """How often a home asks the peers it believes hold its unfinished jobs
+    whether they still do. A job reported missing twice in a row, with no
+    news of it in between, is re-issued: this catches a location report lost
+    on a broken link before its new holder died for good."""
+
+    audit_batch_max: int = 256
+    """Job ids in one Audit message."""
+
     reissue_grace_s: float = 3.0
     """A job whose executor has been dead this long is re-issued by its
     home with attempt + 1."""
@@ -193,7 +202,8 @@ class Config:
         """Peers on a LAN: memberlist's LAN timers, and more patience before
         taking back a handoff or re-issuing a job."""
         return dataclasses.replace(
-            cls(gossip=GossipConfig.lan(), reissue_grace_s=30.0, handoff_timeout_s=15.0), **overrides
+            cls(gossip=GossipConfig.lan(), reissue_grace_s=30.0, handoff_timeout_s=15.0, audit_interval_s=10.0),
+            **overrides,
         )
 
     @classmethod

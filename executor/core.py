@@ -49,6 +49,8 @@ from executor.config import Config
 from gossip import membership as gossip
 from executor.jobs import HeldJob, JobEvent, JobRecord
 from executor.messages import (
+    Audit,
+    AuditReply,
     CancelJob,
     Handoff,
     HandoffAck,
@@ -255,6 +257,9 @@ class PeerCore:
         self.next_request_id = (snapshot.incarnation << 32) + 1
         self.next_steal_at = now
         self.next_reissue_scan_at = now
+        self.next_audit_at = now + self.config.audit_interval_s
+        self._audits: dict[str, dict[str, tuple[int, int]]] = {}  # holder -> {job: (attempt, moves) asked}
+        self._missing: dict[str, tuple[int, int]] = {}  # job -> version its holder once said it lacks
         self._writes: list[Write] = []
         self._actions: list[Action] = []
         self._now = now
@@ -634,6 +639,7 @@ class PeerCore:
         the oldest are forgotten with their output (ids are never reused, so
         a forgotten id can only ever be answered `not-found`)."""
         self.finished[job_id] = None
+        self._missing.pop(job_id, None)
         while len(self.finished) > self.config.records_retained_max:
             old, _ = self.finished.popitem(last=False)
             del self.records[old]
@@ -657,6 +663,7 @@ class PeerCore:
         self._expire_lends(now)
         self._maybe_steal(now)
         self._maybe_reissue(now)
+        self._maybe_audit(now)
 
     def _expire_waiters(self, now: float) -> None:
         for job_id in list(self.waiters):
@@ -707,6 +714,10 @@ class PeerCore:
             job_home = split_job_id(msg.job_id)[0]
             if job_home == sender:  # only the home may cancel
                 self._drop_held(msg.job_id)
+        elif kind is Audit:
+            self._on_audit(msg)
+        elif kind is AuditReply:
+            self._on_audit_reply(msg, now)
         elif self.cluster is not None:
             self._absorb(self.cluster.receive(sender, msg, now), now)
 
@@ -883,16 +894,65 @@ class PeerCore:
             dead_for = self.cluster.dead_for(record.executor, now)
             if dead_for is None or dead_for < self.config.reissue_grace_s:
                 continue
-            self._log(f"job {job_id}: executor {record.executor} dead for {dead_for:.1f}s; re-issued")
-            attempt = record.attempt + 1
-            record.apply(JobEvent.REQUEUE)
-            record.attempt = record.floor = attempt
-            record.moves = 0
-            record.executor = self.peer_id
-            self.remote_open.discard(job_id)
-            self.counters.reissued += 1
-            self._put_record(record)
-            self._hold(self._held_from_record(record, attempt), now, persist=True)
+            self._reissue(record, now, f"executor {record.executor} dead for {dead_for:.1f}s")
+
+    def _reissue(self, record: JobRecord, now: float, why: str) -> None:
+        """Run the job again from here as a new attempt; results of older
+        attempts are ignored from now on (they are below the floor)."""
+        self._log(f"job {record.job_id}: {why}; re-issued")
+        attempt = record.attempt + 1
+        record.apply(JobEvent.REQUEUE)
+        record.attempt = record.floor = attempt
+        record.moves = 0
+        record.executor = self.peer_id
+        self.remote_open.discard(record.job_id)
+        self._missing.pop(record.job_id, None)
+        self.counters.reissued += 1
+        self._put_record(record)
+        self._hold(self._held_from_record(record, attempt), now, persist=True)
+
+    # --- audits: does the peer we think holds a job really hold it?
+
+    def _maybe_audit(self, now: float) -> None:
+        if now < self.next_audit_at:
+            return
+        self.next_audit_at = now + self.config.audit_interval_s
+        by_holder: dict[str, list[str]] = {}
+        for job_id in self.remote_open:
+            record = self.records[job_id]
+            asked = by_holder.setdefault(record.executor, [])
+            if len(asked) < self.config.audit_batch_max and self.cluster.is_alive(record.executor):
+                asked.append(job_id)
+        self._audits = {}
+        for holder, job_ids in by_holder.items():
+            if job_ids:
+                self._audits[holder] = {j: (self.records[j].attempt, self.records[j].moves) for j in job_ids}
+                self._send(holder, Audit(self.peer_id, tuple(job_ids)))
+
+    def _on_audit(self, msg: Audit) -> None:
+        missing = tuple(j for j in msg.job_ids[: self.config.audit_batch_max]
+                        if not self._holds(j) and j not in self.outbox)
+        self._send(msg.auditor, AuditReply(self.peer_id, missing))
+
+    def _on_audit_reply(self, msg: AuditReply, now: float) -> None:
+        """A job its recorded holder says it does not have, twice in a row
+        with no news of the job in between, is re-issued. Once is not enough:
+        the job may be in flight to a new holder whose report has not arrived
+        yet (a re-issue then would only make it run twice)."""
+        asked = self._audits.pop(msg.holder, {})
+        missing = set(msg.missing)
+        for job_id, version in asked.items():
+            record = self.records.get(job_id)
+            current = (
+                record is not None and not record.state.final and record.executor == msg.holder
+                and (record.attempt, record.moves) == version
+            )
+            if job_id not in missing or not current:
+                self._missing.pop(job_id, None)
+            elif self._missing.get(job_id) == version:
+                self._reissue(record, now, f"{msg.holder} twice said it does not hold it")
+            else:
+                self._missing[job_id] = version
 
     def _log(self, text: str) -> None:
         self._actions.append(Log(text))

@@ -66,12 +66,16 @@ _EXIT_CODE_MAX = 2**31
 _SLEEP_MS_MAX = 24 * 3600 * 1000
 
 _TOP_LEVEL = frozenset(membership.GOSSIP_MESSAGES) | {
-    jm.StealRequest, jm.Handoff, jm.HandoffAck, jm.JobMoved, jm.JobResult, jm.ResultAck, jm.CancelJob}
+    jm.StealRequest, jm.Handoff, jm.HandoffAck, jm.JobMoved, jm.JobResult, jm.ResultAck, jm.CancelJob,
+    jm.Audit, jm.AuditReply}
 # Fields naming the peer that sent the message: they must be the link's own
 # (authenticated) peer id, so a peer cannot speak for another.
 _SENDER_FIELD = {jm.StealRequest: "thief", jm.Handoff: "sender", jm.HandoffAck: "receiver",
-                 jm.JobMoved: "executor", jm.JobResult: "executor"}
-_PEER_FIELDS = frozenset({"id", "from_id", "target_id", "thief", "sender", "receiver", "executor", "home"})
+                 jm.JobMoved: "executor", jm.JobResult: "executor", jm.Audit: "auditor",
+                 jm.AuditReply: "holder"}
+_PEER_FIELDS = frozenset({"id", "from_id", "target_id", "thief", "sender", "receiver", "executor", "home",
+                          "auditor", "holder"})
+_JOB_ID_FIELDS = frozenset({"job_id", "job_ids", "missing"})
 _ADDR_FIELDS = frozenset({"addr", "from_addr", "target_addr"})
 
 
@@ -108,7 +112,7 @@ def _check_value(value, name: str, config) -> None:
         elif name in _ADDR_FIELDS:
             m = _ADDR.match(value)
             ok = m is not None and 0 < int(m.group(2)) <= 65535
-        elif name == "job_id":
+        elif name in _JOB_ID_FIELDS:
             ok = len(value) <= 100 and _JOB_ID.match(value) is not None
         elif name == "reason":
             ok = _REASON.match(value) is not None

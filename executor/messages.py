@@ -10,6 +10,7 @@ docs/cluster.md:
 * where:   new holder --JobMoved--> home          (queued or running there)
 * result:  executor --JobResult--> home --ResultAck--> executor
 * cancel:  home --CancelJob--> executor
+* audit:   home --Audit(ids)--> recorded holder --AuditReply(missing)--> home
 """
 
 from __future__ import annotations
@@ -107,3 +108,22 @@ class ResultAck:
 @dataclass(frozen=True, slots=True)
 class CancelJob:
     job_id: str
+
+
+@message("audit")
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """The home asks the peer it believes holds these jobs whether it does."""
+
+    auditor: str
+    job_ids: tuple[str, ...]
+
+
+@message("audit-reply")
+@dataclass(frozen=True, slots=True)
+class AuditReply:
+    """The jobs of an Audit this peer neither queues, runs, lends, nor has a
+    result for."""
+
+    holder: str
+    missing: tuple[str, ...]

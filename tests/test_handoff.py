@@ -64,7 +64,7 @@ from executor.core import (
     Tick,
 )
 from executor.jobs import JobRecord
-from executor.messages import Handoff, HandoffAck, JobResult
+from executor.messages import Audit, Handoff, HandoffAck, JobResult
 from executor.protocol import JobSpec, Submit
 from gossip.membership import GOSSIP_MESSAGES
 from storage import layout
@@ -752,3 +752,48 @@ def test_reissue_at_a_home_that_runs_the_job_itself_keeps_its_q():
         w.finish("p2", job)  # attempt 1 exits: q/<job> (attempt 2) is deleted
     w.check()  # fails here: "acknowledged job ... lost"
     w.settle(iterations=400)
+
+
+def test_a_job_its_recorded_holder_no_longer_has_is_found_by_audit_and_reissued():
+    """The liveness gap audits close: the home's record names a holder that
+    does not have the job (it handed it on, and the new holder's location
+    report was lost before that holder died for good). The holder says so
+    twice in a row; the home re-issues the job and it finishes."""
+    w = World()
+    w.warm_up()
+    job, receiver = place_remote(w)
+    w.deliver(("p1", receiver))  # the receiver holds it durably and acks
+    w.deliver_queued()
+    assert w.home_record(job).executor == receiver
+    # The receiver loses the job without a word to the home (as if handed on
+    # to a peer that then vanished with the only report of it).
+    core = w.peers[receiver].core
+    core.queue.pop(job, None)
+    core.running.pop(job, None)
+    w.peers[receiver].running.pop(job, None)  # its process is gone too
+    w.peers[receiver].store.write([(layout.key(layout.HELD, job), None)], sync=True)
+    audits_before = sum(1 for _, _, _, m in w.sent if isinstance(m, Audit))
+    reissued_before = w.peers["p1"].core.counters.reissued
+    for _ in range(int(3 * CONFIG.audit_interval_s / SUBSTEP_S) + 20):
+        w.advance(SUBSTEP_S, deliver=True)
+        for name in w.live():
+            for j in sorted(w.peers[name].running):
+                w.finish(name, j)
+        if w.home_record(job).state.final:
+            break
+    record = w.home_record(job)
+    assert record.state.final and record.attempt == 2, record
+    assert w.peers["p1"].core.counters.reissued == reissued_before + 1
+    assert sum(1 for _, _, _, m in w.sent if isinstance(m, Audit)) >= audits_before + 2
+    w.check()
+    w.settle()
+
+
+def test_audits_reissue_nothing_while_holders_hold_their_jobs():
+    w = World()
+    w.warm_up()
+    w.submit("p1", 12)  # pushes and steals spread them; nobody finishes any for a while
+    w.advance(4 * CONFIG.audit_interval_s, deliver=True)
+    assert any(isinstance(m, Audit) for _, _, _, m in w.sent)
+    assert all(w.peers[n].core.counters.reissued == 0 for n in w.live())
+    w.settle()
