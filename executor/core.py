@@ -176,6 +176,10 @@ class Log:
 
 Action = Reply | ReplyResult | StartJob | KillJob | Send | Log
 
+IMMEDIATE_ACTIONS = (StartJob, KillJob, Log)
+"""Actions an edge carries out at once, before the batch's writes are synced
+(see the theory of operation above); every other action waits for the sync."""
+
 
 @dataclass(slots=True)
 class _Waiter:
@@ -889,11 +893,11 @@ class PeerCore:
         self.next_reissue_scan_at = now + min(1.0, self.config.reissue_grace_s / 4)
         for job_id in list(self.remote_open):
             record = self.records[job_id]
-            if self._holds(job_id):
-                continue  # a copy is here (taken back from a handoff): it runs here
             dead_for = self.cluster.dead_for(record.executor, now)
             if dead_for is None or dead_for < self.config.reissue_grace_s:
                 continue
+            if self._holds(job_id):
+                continue  # a copy is here (taken back from a handoff): it runs here
             self._reissue(record, now, f"executor {record.executor} dead for {dead_for:.1f}s")
 
     def _reissue(self, record: JobRecord, now: float, why: str) -> None:

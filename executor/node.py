@@ -38,6 +38,7 @@ import trio
 from executor import protocol
 from executor.config import Config, Security
 from executor.core import (
+    IMMEDIATE_ACTIONS,
     ClientClosed,
     ClientRequest,
     JobExited,
@@ -60,7 +61,6 @@ from storage.store import LevelStore, Store
 log = logging.getLogger("peerjobs")
 
 _RECEIVE_BYTES = 65536
-_IMMEDIATE = (StartJob, KillJob, Log)
 
 
 @dataclass(eq=False)
@@ -240,7 +240,7 @@ class Node:
                         break
             writes, actions = core.take()
             for action in actions:
-                if type(action) in _IMMEDIATE:
+                if type(action) in IMMEDIATE_ACTIONS:
                     self._execute(action)
                 else:
                     self._pending_actions.append(action)

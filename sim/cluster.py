@@ -737,6 +737,13 @@ def findings_lines(rep: dict) -> list[str]:
     return lines
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, bare or wrapped in the exception group trio raises it in when
+    it lands inside a nursery."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=3, help="peer processes (default 3)")
@@ -778,10 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_report(outcome.report)
         if args.json:
             print(json.dumps(outcome.report), flush=True)
-    except BaseException as exc:  # trio wraps a Ctrl-C raised inside a nursery in an exception group
-        interrupted = isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None)
-        if not interrupted:
+    except BaseException as exc:
+        if not is_interrupt(exc):
             raise
         _say("interrupted; every peer stopped")
         return 130

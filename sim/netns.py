@@ -813,9 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(outcome.report), flush=True)
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None)
-        if not interrupted:
+        if not cl.is_interrupt(exc):
             raise
         _say("interrupted; every peer stopped, namespaces and bridge removed")
         return 130
