@@ -268,8 +268,17 @@ def _run_node(resolved: st.NodeSettings, security, *, name_given: bool) -> int:
             node.peer_id, resolved.value("name"), node.peer_id)
     from executor.http import HTTPListenError
 
+    from executor.node import StorageFailed
+    from gossip.wire import NameConflict
+
     try:
         trio.run(serve_forever, node)
+    except* (StorageFailed, StoreError) as group:  # a failed sync; a corrupt record found by recovery
+        raise CliError(str(_first(group))) from None
+    except* NameConflict as group:
+        # Another live peer of the cluster has this id (docs/membership.md):
+        # one line saying so and what to do, and a non-zero exit.
+        raise CliError(str(_first(group))) from None
     except* HTTPListenError as group:
         raise CliError(str(_first(group))) from None
     except* OSError as group:

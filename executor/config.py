@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from gossip.config import GossipConfig
 
 
+FRAME_OVERHEAD_BYTES = 4096
+"""Room for everything in a peer frame besides commands and outputs (ids,
+numbers, CBOR headers, the link's MAC); generous on purpose."""
+
+
 @dataclass(frozen=True)
 class Config:
     # --- client protocol ------------------------------------------------
@@ -27,7 +32,19 @@ class Config:
     small; 16 KiB is four times the Linux `ps` display limit)."""
 
     client_connections_max: int = 256
-    """Concurrent client connections; one more gets `ERR too-many-connections`."""
+    """Concurrent client connections; one more gets `ERR too-many-connections`.
+    Peer links have a budget of their own (`peer_links_max`): no number of
+    clients can keep peers out, and no number of peers can keep clients out."""
+
+    peer_links_max: int = 256
+    """Concurrent inbound peer links (each peer opens one to us). A cluster
+    larger than this is beyond what one peer's full mesh of links serves."""
+
+    client_draining_max: int = 1024
+    """Clients that hung up (EOF) with replies still owed, typically a WAIT
+    (`printf 'WAIT id\\n' | nc -q1`): they no longer hold a connection slot,
+    but stay until their replies are written (or `slow_receiver_s`). Past
+    this many, a hung-up client is closed at once and its WAITs dropped."""
 
     client_pipeline_max: int = 64
     """Requests a client may have outstanding on one connection (pipelining);
@@ -73,6 +90,15 @@ class Config:
     list_max: int = 1000
     """Largest LIST count."""
 
+    http_answer_timeout_s: float = 10.0
+    """Longest an HTTP request (`/api/jobs/<id>`) waits for the core's answer
+    (one group commit, normally milliseconds); past it: 504. Keeps a wedged
+    core from holding HTTP requests, and their memory, for ever."""
+
+    http_jobs_limit_max: int = 1000
+    """Largest `?limit=` of `/api/jobs` (rows of a JSON reply built in the
+    core's thread: bounded so one request cannot stall the peer)."""
+
     # --- jobs -----------------------------------------------------------
     queue_jobs_max: int = 100_000
     """Jobs queued (not running) at this peer; SUBMIT past it gets `ERR busy`
@@ -104,15 +130,24 @@ class Config:
     adds to the first ack in it."""
 
     commit_writes_max: int = 65536
-    """Writes waiting for the disk while a sync is in flight; past it the
-    core stops taking events until the sync lands (backpressure)."""
+    """Writes waiting for the disk while a sync is in flight; past it client
+    requests wait until the sync lands (backpressure), while peer messages
+    and timers go on, so membership never waits behind a slow disk. At twice
+    this, the core itself waits (the last resort that keeps memory bounded).
+    Every sync runs in a worker thread: one that ran on the event loop's
+    thread (cheaper by a thread hop on a fast disk) stalled probes and acks
+    for as long as a slow disk took, and made a live peer look dead."""
 
-    commit_inline_writes_max: int = 256
-    """A batch this small is synced on the event loop's own thread: an fsync
-    (~0.2 ms here) costs less than the two thread hops that would hide it
-    (measured: ack p50 1.9 ms inline against 2.7 ms threaded, 16 clients one
-    in flight each). Larger batches sync in a worker thread so that the core
-    goes on filling the next batch meanwhile."""
+    disk_free_bytes_min: int = 64 * 1024 * 1024
+    """Below this much free space in the data directory's file system the
+    peer takes no new work (SUBMIT: `ERR disk-full`; handoffs and steals are
+    refused) and keeps the rest for what it already owes: results, cancels,
+    membership. 64 MiB holds tens of thousands of small results. A write
+    that fails anyway (the disk filled faster) stops the peer (fail-stop)."""
+
+    disk_check_interval_s: float = 0.5
+    """While the disk is low, how often its free space is looked at again
+    (otherwise it is looked at after every synced batch)."""
 
     inbox_events_max: int = 4096
     """Events waiting for the core; producers (clients, runners, peer links)
@@ -176,6 +211,15 @@ class Config:
     result_retry_max_s: float = 5.0
     """Cap of the resend back-off."""
 
+    outbox_orphan_retain_s: float = 24 * 3600.0
+    """Results for a home that membership has forgotten (dead past its
+    retention) wait this long for it to come back, then are dropped: the
+    outbox stays bounded by what live homes are owed. A home back later
+    re-issues those jobs (its audits find them missing here)."""
+
+    outbox_orphans_max: int = 100_000
+    """Results for forgotten homes kept at once; past it the oldest go."""
+
     audit_interval_s: float = 2.0
     """How often a home asks the peers it believes hold its unfinished jobs
     whether they still do. A job reported missing twice in a row, with no
@@ -191,6 +235,24 @@ class Config:
 
     gossip: GossipConfig = field(default_factory=GossipConfig.local)
     """Membership timers (gossip/config.py documents each)."""
+
+    def __post_init__(self) -> None:
+        # One result must fit one peer frame (a result is framed whole: its
+        # stdout and stderr, each up to output_bytes_max), and so must one
+        # handoff batch of the longest commands. A config where they cannot
+        # would wedge the first large result; refuse it at start-up instead.
+        result_bytes = 2 * self.output_bytes_max + FRAME_OVERHEAD_BYTES
+        if result_bytes > self.frame_bytes_max:
+            raise ValueError(
+                f"frame_bytes_max ({self.frame_bytes_max}) cannot carry one result: 2 x output_bytes_max "
+                f"({self.output_bytes_max}) + {FRAME_OVERHEAD_BYTES} bytes of fields; raise frame_bytes_max "
+                f"to at least {result_bytes} or lower output_bytes_max")
+        batch_bytes = self.handoff_batch_max * (self.command_bytes_max + FRAME_OVERHEAD_BYTES)
+        if batch_bytes > self.frame_bytes_max:
+            raise ValueError(
+                f"frame_bytes_max ({self.frame_bytes_max}) cannot carry one handoff of handoff_batch_max "
+                f"({self.handoff_batch_max}) jobs of command_bytes_max ({self.command_bytes_max}); "
+                f"lower one of them or raise frame_bytes_max to at least {batch_bytes}")
 
     @classmethod
     def local(cls, **overrides) -> Config:

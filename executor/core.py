@@ -35,6 +35,13 @@ Job flow at a glance (docs/cluster.md has every crash point):
 The core draws no random numbers of its own (a seeded `random.Random` is
 passed in) and reads no clock (`now` comes with each event), so the same code
 runs under hypothesis and in the seeded simulation.
+
+Two clocks come with each event. `now` is monotonic: every deadline, lease,
+timer and back-off (WAIT timeouts, handoff leases, result resends, steals,
+re-issue grace, membership) runs on it, so a wall clock that jumps cannot fire
+or freeze any of them. `wall` (default: `now`) is the wall clock, for display
+and records only (`submitted=`, the start and finish times a record keeps).
+Nothing measured on `now` is ever persisted: a restart starts a new timeline.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from typing import Any
 from executor import balance
 from executor.config import Config
 from gossip import membership as gossip
-from executor.jobs import HeldJob, JobEvent, JobRecord
+from executor.jobs import HeldJob, JobEvent, JobRecord, JobState
 from executor.messages import (
     Audit,
     AuditReply,
@@ -81,7 +88,7 @@ from executor.protocol import (
     split_job_id,
 )
 from storage import layout
-from storage.store import Write
+from storage.store import StoreError, Write
 
 # ---------------------------------------------------------------------------
 # Events
@@ -126,7 +133,17 @@ class Tick:
     pass
 
 
-Event = ClientRequest | ClientClosed | JobExited | PeerMessage | PeerUnreachable | Tick
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """The data directory's free space crossed `disk_free_bytes_min`: below
+    it (`low`), the peer takes no new work and keeps the rest for what it
+    owes (results, cancels, membership); above it again, it takes work."""
+
+    low: bool
+    free_bytes: int
+
+
+Event = ClientRequest | ClientClosed | JobExited | PeerMessage | PeerUnreachable | Tick | DiskSpace
 
 # ---------------------------------------------------------------------------
 # Actions
@@ -141,10 +158,12 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class ReplyResult:
-    """Reply `header`, then the stored output of `job_id`, then a newline."""
+    """Reply the RESULT of `job_id`, read by the edge after the batch's sync:
+    header and body from ONE read of the stored record and output
+    (`read_result`), never a header made earlier with a body read later —
+    the record may be forgotten in between (records_retained_max)."""
 
     token: Any
-    header: bytes
     job_id: str
 
 
@@ -167,6 +186,12 @@ class Send:
     peer_id: str
     addr: str
     message: Any
+    # Membership messages (probes, acks, gossip) promise nothing durable, so
+    # they need not wait for the batch's sync: membership never waits behind
+    # the disk. (A refutation's incarnation may go out before it is durable;
+    # after a crash the restart bumps it again, and any claim about a higher
+    # one is refuted as usual.) Job messages always wait.
+    wait_sync: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +203,14 @@ Action = Reply | ReplyResult | StartJob | KillJob | Send | Log
 
 IMMEDIATE_ACTIONS = (StartJob, KillJob, Log)
 """Actions an edge carries out at once, before the batch's writes are synced
-(see the theory of operation above); every other action waits for the sync."""
+(see the theory of operation above), with `Send`s of `wait_sync=False`; every
+other action waits for the sync."""
+
+
+def is_immediate(action: Action) -> bool:
+    """Carried out before the batch's sync (see IMMEDIATE_ACTIONS)."""
+    kind = type(action)
+    return kind in IMMEDIATE_ACTIONS or (kind is Send and not action.wait_sync)
 
 
 @dataclass(slots=True)
@@ -204,6 +236,7 @@ class _Outgoing:
     home: str
     next_send_at: float
     backoff_s: float
+    orphaned_at: float | None = None  # when membership forgot its home (see _orphan_outbox)
 
 
 @dataclass(slots=True)
@@ -220,6 +253,9 @@ class Counters:
     results_duplicate: int = 0
     reissued: int = 0
     forgotten: int = 0  # final records dropped past records_retained_max
+    handoffs_refused: int = 0  # handoffs not taken while the disk was low
+    results_refused: int = 0  # results from a peer that does not hold the job's current attempt
+    outbox_dropped: int = 0  # results for homes forgotten for good
     batches: int = 0
 
 
@@ -233,6 +269,7 @@ class PeerCore:
         snapshot: layout.Snapshot,
         now: float,
         cluster: Any = None,
+        wall: float | None = None,
     ) -> None:
         assert slots >= 1
         self.peer_id = peer_id
@@ -253,7 +290,10 @@ class PeerCore:
         self.waiters: dict[str, list[_Waiter]] = {}
         self.lends: dict[int, _Lend] = {}
         self.outbox: dict[str, _Outgoing] = {}
-        self.remote_open: set[str] = set()  # home records whose job is at another peer
+        # Home records whose job is at another peer. A dict used as an ordered set:
+        # iteration order never depends on string hashing (the simulation's
+        # trace must not change with PYTHONHASHSEED).
+        self.remote_open: dict[str, None] = {}
         self.steals: dict[int, float] = {}  # request id -> deadline
         self._pushes: dict[str, list[HeldJob]] = {}  # receiver -> jobs to push at take()
         # Ids of steals and handoffs never repeat across restarts, so that an
@@ -262,11 +302,14 @@ class PeerCore:
         self.next_steal_at = now
         self.next_reissue_scan_at = now
         self.next_audit_at = now + self.config.audit_interval_s
+        self.next_orphan_scan_at = now
         self._audits: dict[str, dict[str, tuple[int, int]]] = {}  # holder -> {job: (attempt, moves) asked}
         self._missing: dict[str, tuple[int, int]] = {}  # job -> version its holder once said it lacks
+        self.disk_low = False  # DiskSpace: no new work while the disk is (nearly) full
         self._writes: list[Write] = []
         self._actions: list[Action] = []
         self._now = now
+        self._wall = now if wall is None else wall
         if cluster is not None:
             # Addresses known before the restart, so that what recovery has
             # to tell other peers (where their jobs are) can go out at once.
@@ -289,8 +332,11 @@ class PeerCore:
             self.counters.batches += 1
         return writes, actions
 
-    def handle(self, event: Event, now: float) -> None:
+    def handle(self, event: Event, now: float, wall: float | None = None) -> None:
+        """`now`: the monotonic clock, for every deadline; `wall`: the wall
+        clock, for what records show (defaults to `now`, as in the simulation)."""
         self._now = now
+        self._wall = now if wall is None else wall
         kind = type(event)
         if kind is ClientRequest:
             self._on_client(event.token, event.command, now)
@@ -307,6 +353,12 @@ class PeerCore:
                 self._absorb(self.cluster.unreachable(event.peer_id, now), now)
         elif kind is ClientClosed:
             self._drop_waiters(event.connection)
+        elif kind is DiskSpace:
+            if event.low != self.disk_low:
+                self._log(f"disk {'low' if event.low else 'ok again'}: {event.free_bytes} bytes free "
+                          f"(threshold {self.config.disk_free_bytes_min}); "
+                          f"{'SUBMIT and handoffs are refused' if event.low else 'taking work again'}")
+            self.disk_low = event.low
         else:
             raise TypeError(f"unknown event {event!r}")
         self._dispatch(now)
@@ -320,7 +372,7 @@ class PeerCore:
         for action in actions:
             kind = type(action)
             if kind is gossip.Send:
-                self._actions.append(Send(action.to_id, action.to_addr, action.msg))
+                self._actions.append(Send(action.to_id, action.to_addr, action.msg, wait_sync=False))
             elif kind is gossip.PersistIncarnation:
                 # In this batch, so synced before any send that carries it.
                 self._writes.append((layout.META_INCARNATION, layout.encode(action.incarnation)))
@@ -335,9 +387,39 @@ class PeerCore:
                           f"(incarnation {member.incarnation})")
             elif kind is gossip.MemberForgotten:
                 self._writes.append((layout.key(layout.PEER, action.peer_id), None))
+                self._orphan_outbox(action.peer_id, now)
                 # Bounded by the member table: a forgotten peer counts as dead
                 # since our start (Cluster.dead_for), long past any grace.
                 self.cluster.dead_since.pop(action.peer_id, None)
+
+    def validate_state(self) -> None:
+        """Assert every invariant of this core's memory (after dask's worker
+        state machine). Cheap enough for tests and the simulation to call
+        after every step; an AssertionError here is our bug, never a peer's."""
+        queued, running, superseded = set(self.queue), set(self.running), set(self.superseded)
+        assert not queued & running, f"queued and running at once: {sorted(queued & running)}"
+        assert len(running) <= self.slots, f"{len(running)} running on {self.slots} slots"
+        assert superseded <= running, f"a newer attempt waits for no older run: {sorted(superseded - running)}"
+        assert self.cancelled_running <= running, "a kill pending for a job not running"
+        for job_id, job in self.queue.items():
+            assert job.job_id == job_id and not job.running, f"queue entry {job_id} is not a waiting job"
+        for job_id, job in self.running.items():
+            assert job.job_id == job_id and job.running, f"running entry {job_id} is not marked running"
+        finals = set()
+        for job_id, record in self.records.items():
+            assert record.job_id == job_id and split_job_id(job_id)[0] == self.peer_id, f"record {job_id} not ours"
+            assert split_job_id(job_id)[1] < self.next_seq, f"record {job_id} beyond next_seq {self.next_seq}"
+            assert record.floor <= record.attempt, f"{job_id}: floor {record.floor} above attempt {record.attempt}"
+            if record.state.final:
+                finals.add(job_id)
+                assert job_id not in self.waiters, f"{job_id} is final but has waiters"
+        assert finals == set(self.finished), "the finished list and the final records disagree"
+        assert len(self.finished) <= self.config.records_retained_max, "more final records than retained"
+        remote = {j for j, r in self.records.items() if not r.state.final and r.executor != self.peer_id}
+        assert remote == set(self.remote_open), f"remote_open is off by {sorted(remote ^ set(self.remote_open))[:5]}"
+        assert set(self.waiters) <= set(self.records), "a waiter for a job with no record"
+        for job_id, out in self.outbox.items():
+            assert out.result.job_id == job_id and out.home != self.peer_id, f"outbox entry {job_id} is wrong"
 
     @property
     def load(self) -> balance.PeerLoad:
@@ -353,17 +435,25 @@ class PeerCore:
         running when the peer died runs again as a new attempt, and its home
         hears of it. Results still in the outbox are resent.
         """
-        for d in snap.jobs:
-            record = JobRecord.from_wire(d)
+        # Records are built one at a time from the store (no table of decoded
+        # dicts: a restart's peak memory is its steady memory), then put in
+        # the peer's own sequence order, not the store's key order (`n1-10`
+        # sorts before `n1-2` as text): LIST shows newest first the same
+        # before and after a restart.
+        records = sorted((JobRecord.from_wire(d) for d in snap.jobs()), key=lambda r: split_job_id(r.job_id)[1])
+        for record in records:
             self.records[record.job_id] = record
             if not record.state.final and record.executor != self.peer_id:
-                self.remote_open.add(record.job_id)
-            self.next_seq = max(self.next_seq, split_job_id(record.job_id)[1] + 1)
-        finals = [r for r in self.records.values() if r.state.final]
+                self.remote_open[record.job_id] = None
+        if records:
+            self.next_seq = max(self.next_seq, split_job_id(records[-1].job_id)[1] + 1)
+        finals = [r for r in records if r.state.final]
         for record in sorted(finals, key=lambda r: (r.finished_at or 0.0, split_job_id(r.job_id)[1])):
             self.finished[record.job_id] = None
-        for d in sorted(snap.held, key=lambda d: (d["t"], split_job_id(d["id"])[1])):
-            job = HeldJob.from_wire(d)
+        del records, finals
+        held = sorted((self._share(HeldJob.from_wire(d)) for d in snap.held()),
+                      key=lambda j: (j.submitted_at, split_job_id(j.job_id)[1]))
+        for job in held:
             if job.running:
                 job.running = False
                 job.attempt += 1
@@ -372,7 +462,7 @@ class PeerCore:
                 self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
             self.queue[job.job_id] = job
             self._report_location(job, now)
-        for d in snap.outbox:
+        for d in snap.outbox():
             result = JobResult(**d["r"])
             self.outbox[result.job_id] = _Outgoing(result, d["h"], now, self.config.result_retry_s)
         # A home record that says "here" but has no held copy was lost in no
@@ -382,6 +472,19 @@ class PeerCore:
             if not record.state.final and record.executor == self.peer_id and record.job_id not in self.queue:
                 self._log(f"job {record.job_id} was recorded here but not held; requeued")
                 self._hold(self._held_from_record(record, record.attempt + 1), now, persist=True)
+
+    def _share(self, job: HeldJob) -> HeldJob:
+        """A job held at its home shares its id, spec and submission time
+        with its record, as it does when it is submitted: a queued job costs
+        one set of them, before and after a restart alike."""
+        record = self.records.get(job.job_id)
+        if record is not None and job.home == self.peer_id:
+            job.job_id = record.job_id
+            if job.spec == record.spec:
+                job.spec = record.spec
+            if job.submitted_at == record.submitted_at:
+                job.submitted_at = record.submitted_at
+        return job
 
     def _held_from_record(self, record: JobRecord, attempt: int) -> HeldJob:
         return HeldJob(record.job_id, self.peer_id, record.spec, attempt, 0, record.submitted_at)
@@ -436,13 +539,16 @@ class PeerCore:
         raise ClientError("not-home", f"job {job_id} belongs to peer {home}{at}; ask it there")
 
     def _submit(self, token: Any, spec: JobSpec, now: float) -> None:
+        if self.disk_low:
+            raise ClientError("disk-full", "the disk of this peer is (nearly) full; nothing was stored, "
+                                           "submit again later or to another peer")
         if len(self.queue) >= self.config.queue_jobs_max:
             self.counters.busy_rejections += 1
             raise ClientError("busy", f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
         seq = self.next_seq
         self.next_seq += 1
         job_id = f"{self.peer_id}-{seq}"
-        record = JobRecord(job_id, spec, now, executor=self.peer_id)
+        record = JobRecord(job_id, spec, self._wall, executor=self.peer_id)
         self.records[job_id] = record
         self.counters.submitted += 1
         self._writes.append((layout.key(layout.JOB, job_id), layout.encode(record.to_wire())))
@@ -459,20 +565,10 @@ class PeerCore:
     def _result(self, token: Any, record: JobRecord) -> None:
         if not record.state.final:
             raise ClientError("not-finished", f"job {record.job_id} is {record.state.value}")
-        fields = {
-            "exit": "-" if record.exit_code is None else record.exit_code,
-            "stdout": record.stdout_bytes,
-            "stderr": record.stderr_bytes,
-            "attempt": record.attempt,
-            "executor": record.executor or "-",
-            "truncated": "yes" if record.truncated else "no",
-            "reason": record.reason,
-        }
-        header = ok(f"{record.job_id} {record.state.value} {format_fields(fields)}")
         if record.stdout_bytes or record.stderr_bytes:
-            self._actions.append(ReplyResult(token, header, record.job_id))
+            self._actions.append(ReplyResult(token, record.job_id))
         else:
-            self._reply(token, header + b"\n")
+            self._reply(token, result_reply(record, b"", b""))
 
     def _wait(self, token: Any, command: Wait, now: float) -> None:
         record = self._home_record(command.job_id)
@@ -498,7 +594,7 @@ class PeerCore:
         if record.state.final:
             raise ClientError("finished", f"job {record.job_id} is already {record.state.value}")
         record.apply(JobEvent.CANCEL)
-        record.finished_at = now
+        record.finished_at = self._wall
         record.reason = "cancelled"
         self.counters.cancelled += 1
         self._put_record(record)
@@ -506,7 +602,7 @@ class PeerCore:
         self._drop_held(record.job_id)
         if record.executor != self.peer_id and self.cluster is not None:
             self._send(record.executor, CancelJob(record.job_id))
-        self.remote_open.discard(record.job_id)
+        self.remote_open.pop(record.job_id, None)
         self._reply(token, ok(f"{record.job_id} cancelled"))
         self._wake(record)
 
@@ -561,7 +657,7 @@ class PeerCore:
         while self.queue and len(self.running) < self.slots:
             job_id, job = self.queue.popitem(last=False)
             job.running = True
-            job.started_at = now
+            job.started_at = now  # monotonic: the runtime is measured on it
             self.running[job_id] = job
             self.counters.started += 1
             self._writes.append((layout.key(layout.HELD, job_id), layout.encode(job.to_wire())))
@@ -570,8 +666,9 @@ class PeerCore:
                 if record is not None and not record.state.final:
                     record.apply(JobEvent.START)
                     record.attempt = max(record.attempt, job.attempt)
-                    record.started_at = now
+                    record.started_at = self._wall
                     record.executor = self.peer_id
+                    self.remote_open.pop(job_id, None)
                     self._put_record(record)
             else:
                 self._report_location(job, now)
@@ -596,7 +693,9 @@ class PeerCore:
         result = JobResult(
             job_id=ev.job_id, attempt=ev.attempt, executor=self.peer_id,
             exit_code=ev.exit_code, reason=ev.reason, stdout=ev.stdout, stderr=ev.stderr,
-            truncated=ev.truncated, started_at=job.started_at, finished_at=now,
+            truncated=ev.truncated, finished_at=self._wall,
+            # Wall times for display whose difference is the monotonic runtime.
+            started_at=self._wall - (now - job.started_at) if job.started_at is not None else None,
         )
         if job.home == self.peer_id:
             self._accept_result(result)
@@ -608,12 +707,24 @@ class PeerCore:
             )
             self._send(job.home, result)
 
-    def _accept_result(self, result: JobResult) -> bool:
-        """At the home: keep the first result of a job; ignore the rest."""
+    def _accept_result(self, result: JobResult) -> bool | None:
+        """At the home: keep the first result of a job; ignore the rest.
+
+        Fenced by the attempt and the holder: only the executor of record,
+        running the current attempt, may finish a job. True: kept; False: a
+        duplicate or stale result (acknowledged, so its sender stops); None:
+        from a peer that is not the job's holder (not acknowledged: if it is
+        an honest holder whose location report was lost, the audit settles
+        where the job is, and its resends are answered once it is final)."""
         record = self.records.get(result.job_id)
-        if record is None or record.state.final or result.attempt < record.floor:
+        if record is None or record.state.final or result.attempt < max(record.floor, record.attempt):
             self.counters.results_duplicate += 1
             return False
+        if result.executor != record.executor and result.executor != self.peer_id:
+            # (A run here is a run we saw: our own results are never refused,
+            # whatever stale location the record names.)
+            self.counters.results_refused += 1
+            return None
         succeeded = result.exit_code == 0 and result.reason is None
         record.apply(JobEvent.SUCCEED if succeeded else JobEvent.FAIL)
         record.attempt = result.attempt  # STATUS and RESULT name the run whose result this is
@@ -629,7 +740,7 @@ class PeerCore:
             self.counters.finished += 1
         else:
             self.counters.failed += 1
-        self.remote_open.discard(record.job_id)
+        self.remote_open.pop(record.job_id, None)
         self._put_record(record)
         if result.stdout or result.stderr:
             self._writes.append((layout.key(layout.OUTPUT, record.job_id), layout.encode([result.stdout, result.stderr])))
@@ -708,8 +819,8 @@ class PeerCore:
         elif kind is JobMoved:
             self._on_moved(msg, now)
         elif kind is JobResult:
-            self._accept_result(msg)
-            self._send(msg.executor, ResultAck(msg.job_id, msg.attempt))
+            if self._accept_result(msg) is not None:
+                self._send(msg.executor, ResultAck(msg.job_id, msg.attempt))
         elif kind is ResultAck:
             if msg.job_id in self.outbox and self.outbox[msg.job_id].result.attempt == msg.attempt:
                 del self.outbox[msg.job_id]
@@ -731,7 +842,7 @@ class PeerCore:
         for request_id, deadline in list(self.steals.items()):
             if deadline <= now:
                 del self.steals[request_id]
-        if now < self.next_steal_at or len(self.steals) >= self.config.steals_in_flight_max:
+        if now < self.next_steal_at or len(self.steals) >= self.config.steals_in_flight_max or self.disk_low:
             return
         self.next_steal_at = now + self.config.steal_interval_s
         me = self.load
@@ -790,6 +901,11 @@ class PeerCore:
         if not msg.jobs:
             self._observed(msg.sender, msg.queued, msg.running, msg.slots)
             return
+        if self.disk_low:
+            # Refused: no ack, so the sender keeps the jobs (and takes them
+            # back when its lease ends); nothing here depends on them.
+            self.counters.handoffs_refused += 1
+            return
         for t in msg.jobs:
             here = self.queue.get(t.job_id) or self.running.get(t.job_id) or self.superseded.get(t.job_id)
             if here is not None and here.attempt >= t.attempt:
@@ -797,18 +913,11 @@ class PeerCore:
             record = self.records.get(t.job_id)
             if (record is not None and record.state.final) or (record is None and t.home == self.peer_id):
                 continue  # it came home finished meanwhile (or so long ago it is forgotten)
+            if record is not None and t.attempt < record.floor:
+                continue  # an attempt this home re-issued: fenced (its newer attempt may be lent away now)
             spec = JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s)
             job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
-            if t.job_id in self.running:
-                # An older attempt runs here; its home re-issued the job, so
-                # that run's result would be ignored (below the floor). The
-                # newer attempt is made durable now (the ack below promises
-                # it) and runs once the old one is gone.
-                self._drop_held(t.job_id)
-                self.superseded[t.job_id] = job
-                self._writes.append((layout.key(layout.HELD, t.job_id), layout.encode(job.to_wire())))
-            else:
-                self._hold(job, now, persist=True)  # replaces an older queued attempt
+            self._hold_newer(job, now)  # durable now: the ack below promises it
             self.counters.steals_in += 1
             self._report_location(job, now)
         self._observed(msg.sender, msg.queued, msg.running, msg.slots)
@@ -822,8 +931,18 @@ class PeerCore:
         if lend is None or lend.receiver != msg.receiver:
             return  # already reclaimed after a timeout: both copies may run
         for job in lend.jobs:
-            self._writes.append((layout.key(layout.HELD, job.job_id), None))
+            # A newer attempt of the job may have come here since the lend
+            # (a re-issue, another handoff): its q/ entry is not this lend's.
+            if not self._holds(job.job_id):
+                self._writes.append((layout.key(layout.HELD, job.job_id), None))
             self.counters.steals_out += 1
+            if job.home == self.peer_id:
+                # The ack proves where the job is: the home's record says so
+                # now, not only once the receiver's report arrives (which a
+                # broken link may lose; the holder's results are fenced by it).
+                record = self.records.get(job.job_id)
+                if record is not None and not record.state.final and record.attempt == job.attempt:
+                    self._move_record(record, job.attempt, job.moves + 1, msg.receiver, False)
 
     def _expire_lends(self, now: float) -> None:
         for transfer_id, lend in list(self.lends.items()):
@@ -831,9 +950,28 @@ class PeerCore:
                 del self.lends[transfer_id]
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):
-                    self._hold(job, now, persist=False, front=True)
+                    held = self._held_attempt(job.job_id)
+                    if held is None or held < job.attempt:  # never over a newer attempt that came meanwhile
+                        self._hold(job, now, persist=False, front=True)
 
     # --- where jobs are, results, re-issue
+
+    def _hold_newer(self, job: HeldJob, now: float) -> None:
+        """Hold a newer attempt of a job, durably, in place of any older copy
+        here. An older attempt still running is killed (its result is below
+        the floor now) and the newer one runs once it has exited: never two
+        runs of one job at once on this peer."""
+        if job.job_id in self.running:
+            self._drop_held(job.job_id)
+            self.superseded[job.job_id] = job
+            self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
+        else:
+            self._hold(job, now, persist=True)  # replaces an older queued attempt
+
+    def _held_attempt(self, job_id: str) -> int | None:
+        """The attempt of the copy queued, running or waiting to run here."""
+        job = self.queue.get(job_id) or self.superseded.get(job_id) or self.running.get(job_id)
+        return None if job is None else job.attempt
 
     def _holds(self, job_id: str) -> bool:
         """Is a copy of the job here: queued, running, waiting to run, or lent?"""
@@ -853,12 +991,16 @@ class PeerCore:
     def _move_record(self, record: JobRecord, attempt: int, moves: int, executor: str, running: bool) -> None:
         if (attempt, moves) < (record.attempt, record.moves):
             return  # an older report overtaken by a newer one
+        state = record.state
+        if (attempt, moves, executor) == (record.attempt, record.moves, record.executor) and (
+                state is (JobState.RUNNING if running else JobState.QUEUED)):
+            return  # nothing new (e.g. recovery re-reporting a job as it was): no write
         record.apply(JobEvent.START if running else JobEvent.MOVE)
         record.attempt, record.moves, record.executor = attempt, moves, executor
         if executor == self.peer_id:
-            self.remote_open.discard(record.job_id)
+            self.remote_open.pop(record.job_id, None)
         else:
-            self.remote_open.add(record.job_id)
+            self.remote_open[record.job_id] = None
         self._put_record(record)
 
     def _on_moved(self, msg: JobMoved, now: float) -> None:
@@ -878,8 +1020,37 @@ class PeerCore:
             if out.home == peer_id:
                 out.next_send_at = now
                 out.backoff_s = self.config.result_retry_s
+                out.orphaned_at = None
+
+    def _orphan_outbox(self, home: str, now: float) -> None:
+        """Membership forgot `home` (dead past its retention): its results
+        wait `outbox_orphan_retain_s` more for it to come back (a long
+        outage), then leave the outbox, at most `outbox_orphans_max` of them
+        at once, oldest first. So the outbox stays bounded by the live
+        members' results. A home that comes back later still finds every
+        job: its audits find them missing here and re-issue them."""
+        for out in self.outbox.values():
+            if out.home == home and out.orphaned_at is None:
+                out.orphaned_at = now
+        self._drop_orphans(now)
+
+    def _drop_orphans(self, now: float) -> None:
+        orphans = sorted((out.orphaned_at, job_id) for job_id, out in self.outbox.items()
+                         if out.orphaned_at is not None)
+        excess = len(orphans) - self.config.outbox_orphans_max
+        gone = [job_id for i, (since, job_id) in enumerate(orphans)
+                if i < excess or now - since >= self.config.outbox_orphan_retain_s]
+        for job_id in gone:
+            del self.outbox[job_id]
+            self._writes.append((layout.key(layout.OUTBOX, job_id), None))
+        if gone:
+            self.counters.outbox_dropped += len(gone)
+            self._log(f"{len(gone)} results dropped from the outbox: their homes were forgotten long ago")
 
     def _resend_results(self, now: float) -> None:
+        if now >= self.next_orphan_scan_at:
+            self.next_orphan_scan_at = now + 1.0
+            self._drop_orphans(now)
         for out in self.outbox.values():
             if out.next_send_at <= now:
                 self._send(out.home, out.result)
@@ -909,11 +1080,11 @@ class PeerCore:
         record.attempt = record.floor = attempt
         record.moves = 0
         record.executor = self.peer_id
-        self.remote_open.discard(record.job_id)
+        self.remote_open.pop(record.job_id, None)
         self._missing.pop(record.job_id, None)
         self.counters.reissued += 1
         self._put_record(record)
-        self._hold(self._held_from_record(record, attempt), now, persist=True)
+        self._hold_newer(self._held_from_record(record, attempt), now)
 
     # --- audits: does the peer we think holds a job really hold it?
 
@@ -953,13 +1124,44 @@ class PeerCore:
             )
             if job_id not in missing or not current:
                 self._missing.pop(job_id, None)
-            elif self._missing.get(job_id) == version:
+            elif self._missing.get(job_id) == version and not self._holds(job_id):
                 self._reissue(record, now, f"{msg.holder} twice said it does not hold it")
             else:
                 self._missing[job_id] = version
 
     def _log(self, text: str) -> None:
         self._actions.append(Log(text))
+
+
+def result_reply(record: JobRecord, stdout: bytes, stderr: bytes) -> bytes:
+    """`OK <id> <state> ... stdout=<n> stderr=<m> ...`, the n + m bytes, a newline.
+    The counts are those of the bytes sent, so header and body cannot disagree."""
+    fields = {
+        "exit": "-" if record.exit_code is None else record.exit_code,
+        "stdout": len(stdout),
+        "stderr": len(stderr),
+        "attempt": record.attempt,
+        "executor": record.executor or "-",
+        "truncated": "yes" if record.truncated else "no",
+        "reason": record.reason,
+    }
+    return ok(f"{record.job_id} {record.state.value} {format_fields(fields)}") + stdout + stderr + b"\n"
+
+
+def read_result(store: Any, job_id: str) -> bytes:
+    """The reply to a `ReplyResult`, from one read of the store after the sync
+    that made the record final (a final record and its output never change
+    again, and are forgotten together, in one batch)."""
+    try:
+        raw = store.get(layout.key(layout.JOB, job_id))
+        if raw is None:
+            return err("not-found", f"job {job_id} was forgotten (records_retained_max) before its result could be sent")
+        record = JobRecord.from_wire(layout.decode(raw, "job record"))
+        output = store.get(layout.key(layout.OUTPUT, job_id))
+        stdout, stderr = layout.decode(output, "output") if output is not None else (b"", b"")
+    except StoreError as exc:  # a failed read fails this request only
+        return err("storage", f"cannot read the result of {job_id}: {exc}")
+    return result_reply(record, stdout, stderr)
 
 
 def _result_dict(result: JobResult) -> dict:

@@ -5,8 +5,16 @@ peer's own trio nursery.
 Everything here *reads*: counters and the cluster view are read from
 `node.statistics()` and `node.core` between awaits (the same thread as the
 core loop, so each read sees one consistent state), and never changed. A job's
-status and output are asked of the peer itself over its client port, through
-`executor.client.AsyncClient`, like any other client.
+status is read from the core's record; its output is asked of the core with a
+typed `protocol.Result` through `Node.ask`. No string from an HTTP request is
+ever written to the text protocol: the job id in a path is checked with the
+one job-id predicate (`protocol.is_job_id`) and travels as a field of a typed
+command, so `%0A`, `%0D` or a smuggled `AUTH` can never become a line.
+
+With a client token (`node.security.token`), every `/api/...` route needs
+`Authorization: Bearer <token>` (401 otherwise); the page, `/healthz` and
+`/metrics` (counts only, no commands or output) stay open
+(docs/security.md).
 
 Routes:
 
@@ -14,7 +22,7 @@ Routes:
     GET /metrics          Prometheus text format
     GET /api/cluster      this peer, its counters, and every member with its load
     GET /api/history      members' queued/running sampled every 2 s, last 10 minutes
-    GET /api/jobs         jobs submitted here, newest first; ?state=&q=&limit=
+    GET /api/jobs         jobs submitted here, newest first; ?state=&q=&limit= (1..http_jobs_limit_max)
     GET /api/jobs/<id>    one job's status, command and output
     GET /healthz          "ok"
 """
@@ -23,23 +31,28 @@ from __future__ import annotations
 
 import collections
 import heapq
+import hmac
 import json
 import logging
 import time
 from importlib import resources
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import trio
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-from executor.client import AsyncClient, PeerError, parse_peer
+from executor import protocol
+from executor.client import parse_peer, parse_status
+from executor.numbers import NumberError, parse_int
 
 log = logging.getLogger("peerjobs")
 
 HISTORY_INTERVAL_S = 2.0
 HISTORY_SAMPLES = 300  # 10 minutes
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+QUERY_FIELDS_MAX = 16  # query parameters parsed per request; the API knows three
+QUERY_TEXT_CHARS_MAX = 256  # `?q=`: searched in every record's command, in the core's thread
 _JOB_COUNTERS = ("submitted", "finished", "failed", "cancelled", "started", "reexecuted", "reissued",
                  "busy_rejections", "results_duplicate")
 _MEMBERSHIP_EVENTS = ("declared_dead", "refutations", "rejoins", "members_evicted", "members_refused",
@@ -182,8 +195,7 @@ def recent_jobs(node, *, state: str | None = None, text: str | None = None, limi
 
 
 def _newest(record) -> tuple[float, int]:
-    seq = record.job_id.rpartition("-")[2]
-    return record.submitted_at, int(seq) if seq.isdigit() else 0
+    return record.submitted_at, protocol.split_job_id(record.job_id)[1]
 
 
 class History:
@@ -227,11 +239,17 @@ class App:
         self.history = history
         self.page = resources.files("executor").joinpath("dashboard.html").read_bytes()
 
-    def _own_addr(self) -> str:
-        host = self.node.host
-        if host in ("", "0.0.0.0", "::", "[::]"):
-            host = "127.0.0.1"
-        return f"{host}:{self.node.bound_port or self.node.port}"
+    def _authorized(self, scope) -> bool:
+        """With a client token, the request must carry `Authorization: Bearer <token>`."""
+        token = self.node.security.token
+        if token is None:
+            return True
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"authorization":
+                scheme, _, given = bytes(value).strip().partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+                    return True
+        return False
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -249,15 +267,16 @@ class App:
         except Exception as exc:  # a bug here must not take the peer down
             log.exception("%s: HTTP %s failed", self.node.peer_id, scope.get("path"))
             status, ctype, body = 500, "application/json", _json({"error": "internal", "message": str(exc)})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype.encode()), (b"cache-control", b"no-store")]})
+        headers = [(b"content-type", ctype.encode()), (b"cache-control", b"no-store")]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="peerjobs"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
 
     async def route(self, scope) -> tuple[int, str, bytes]:
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
             return 405, "application/json", _json({"error": "method-not-allowed", "message": "only GET"})
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         node = self.node
         if path in ("/", "/index.html"):
             return 200, "text/html; charset=utf-8", self.page
@@ -265,6 +284,17 @@ class App:
             return 200, PROMETHEUS_CONTENT_TYPE, self.metrics.render()
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
+        if path.startswith("/api/") and not self._authorized(scope):
+            return 401, "application/json", _json({
+                "error": "auth-required",
+                "message": "this peer has a client token: send Authorization: Bearer <token> "
+                           "(the dashboard: open /#token=<token>)"})
+        try:
+            query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("ascii", "replace"),
+                                                   errors="replace", max_num_fields=QUERY_FIELDS_MAX).items()}
+        except ValueError:
+            return 400, "application/json", _json(
+                {"error": "bad-request", "message": f"more than {QUERY_FIELDS_MAX} query parameters"})
         if node.core is None:
             return 503, "application/json", _json({"error": "starting", "message": "the peer is starting"})
         if path == "/api/cluster":
@@ -273,33 +303,63 @@ class App:
             return 200, "application/json", _json(
                 {"interval_s": HISTORY_INTERVAL_S, "samples": list(self.history.samples)})
         if path == "/api/jobs":
+            limit_max = node.config.http_jobs_limit_max
             try:
-                limit = max(1, min(int(query.get("limit", 50)), 1000))
-            except ValueError:
-                return 400, "application/json", _json({"error": "bad-request", "message": "limit is a number"})
+                limit = parse_int(query["limit"], "limit", lo=1, hi=limit_max) if "limit" in query else 50
+            except NumberError as exc:
+                return 400, "application/json", _json({"error": "bad-request", "message": str(exc)})
+            if len(query.get("q", "")) > QUERY_TEXT_CHARS_MAX:
+                return 400, "application/json", _json(
+                    {"error": "bad-request", "message": f"q is longer than {QUERY_TEXT_CHARS_MAX} characters"})
             return 200, "application/json", _json(recent_jobs(
-                node, state=query.get("state") or None, text=query.get("q") or None, limit=limit))
+                node, state=query.get("state") or None, text=query.get("q") or None, limit=min(limit, limit_max)))
         if path.startswith("/api/jobs/"):
-            return await self.job(unquote(path[len("/api/jobs/"):]))
-        return 404, "application/json", _json({"error": "not-found", "message": f"no page {path}"})
+            # ASGI gives the path percent-decoded already: decoding it again
+            # would let `%250A` become a newline.
+            return await self.job(path[len("/api/jobs/"):])
+        return 404, "application/json", _json({"error": "not-found", "message": f"no page {path[:64]}"})
 
     async def job(self, job_id: str) -> tuple[int, str, bytes]:
-        record = self.node.core.records.get(job_id)
-        command = job_row(record)["command"] if record is not None else None
-        try:
-            async with AsyncClient(self._own_addr(), timeout_s=10, **self.node.client_options()) as c:
-                status = await c.status(job_id)
-                out = status.to_dict()
-                out["command"] = command
-                if status.final:
-                    result = await c.result(job_id)
-                    out.update(result.to_dict())
-        except PeerError as exc:
-            code = 404 if exc.code in ("not-found", "bad-id", "not-home") else 502
-            return code, "application/json", _json({"error": exc.code, "message": exc.message})
-        except (OSError, TimeoutError) as exc:
-            return 502, "application/json", _json({"error": "peer", "message": str(exc)})
+        """One job: status fields from the core's record, output from a typed
+        `Result` asked through `Node.ask` (one reply: header and body from
+        one snapshot). The id is checked first and only ever travels as a
+        field of a typed command."""
+        if not protocol.is_job_id(job_id):
+            shown = job_id[:64] + ("..." if len(job_id) > 64 else "")
+            return 400, "application/json", _json(
+                {"error": "bad-id", "message": f"{shown!r} is not a job id (like n1-42)"})
+        with trio.move_on_after(self.node.config.http_answer_timeout_s):
+            return await self._job(job_id)
+        return 504, "application/json", _json(
+            {"error": "timeout", "message": f"the peer did not answer within {self.node.config.http_answer_timeout_s:g} s"})
+
+    async def _job(self, job_id: str) -> tuple[int, str, bytes]:
+        node = self.node
+        record = node.core.records.get(job_id)
+        if record is None:
+            # The core's own answer says why (not-found, or not-home and where).
+            reply = await node.ask(protocol.Status(job_id))
+            record = node.core.records.get(job_id)  # submitted meanwhile: the reply is OK
+            if record is None:
+                return _error_reply(reply if reply.startswith(b"ERR ") else b"ERR not-found no such job\n")
+        out = job_row(record)
+        if record.state.final:
+            reply = await node.ask(protocol.Result(job_id))
+            if not reply.startswith(b"OK "):
+                return _error_reply(reply)
+            head, _, body = reply.partition(b"\n")
+            fields = parse_status(head[3:].decode(errors="replace")).fields
+            n, m = int(fields.get("stdout", 0)), int(fields.get("stderr", 0))
+            out.update(stdout=body[:n].decode(errors="replace"), stderr=body[n:n + m].decode(errors="replace"),
+                       truncated=fields.get("truncated") == "yes")
         return 200, "application/json", _json(out)
+
+
+def _error_reply(reply: bytes) -> tuple[int, str, bytes]:
+    """An `ERR <code> <message>` line of the core as an HTTP error."""
+    code, _, message = reply.decode(errors="replace").strip().removeprefix("ERR ").partition(" ")
+    status = 404 if code in ("not-found", "not-home") else 503 if code == "busy" else 502
+    return status, "application/json", _json({"error": code, "message": message})
 
 
 def _first(exc: BaseException) -> BaseException:

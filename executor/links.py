@@ -38,7 +38,9 @@ import trio
 
 from executor import messages as jm
 from executor.core import PeerMessage, PeerUnreachable
+from executor.protocol import command_text_problem, is_job_id
 from gossip import auth, membership, wire
+from storage import layout
 
 log = logging.getLogger("peerjobs")
 
@@ -58,7 +60,10 @@ async def _open_tcp(addr: str) -> trio.SocketStream:
 # What a decoded message may hold (sans-IO; the codec has checked the types)
 
 _PEER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-_JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,18}\Z")
+# Job ids and commands are judged by executor/protocol.py's `is_job_id` and
+# `command_text_problem`, the very predicates the client parser uses: a job a
+# client was told `OK` for can always cross a link, and nothing a link
+# refuses can be submitted (a CR in a command once wedged handoffs).
 _ADDR = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,255}):([0-9]{1,5})\Z")
 _REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _INT_MAX = 2**63 - 1
@@ -102,7 +107,11 @@ def _check_value(value, name: str, config) -> None:
         limit = _EXIT_CODE_MAX if name == "exit_code" else _INT_MAX
         low = -limit if name == "exit_code" else 0
         if not low <= value <= limit:
-            raise wire.ProtocolError(f"{name}={value} out of range")
+            # Never str() a peer's integer: one of 5,000 digits makes str()
+            # raise ValueError (Python's digit limit), not the ProtocolError
+            # that closes the link (found by `python -m sim fuzz`).
+            shown = value if abs(value) <= _INT_MAX else f"{'-' if value < 0 else ''}<{value.bit_length()} bits>"
+            raise wire.ProtocolError(f"{name}={shown} out of range")
     elif kind is float:
         if not math.isfinite(value):
             raise wire.ProtocolError(f"{name} is not finite")
@@ -113,9 +122,11 @@ def _check_value(value, name: str, config) -> None:
             m = _ADDR.match(value)
             ok = m is not None and 0 < int(m.group(2)) <= 65535
         elif name in _JOB_ID_FIELDS:
-            ok = len(value) <= 100 and _JOB_ID.match(value) is not None
+            ok = is_job_id(value)
         elif name == "reason":
             ok = _REASON.match(value) is not None
+        elif name == "command":
+            ok = command_text_problem(value) is None
         else:
             ok = "\n" not in value and "\r" not in value and "\0" not in value
         if not ok:
@@ -159,6 +170,11 @@ class Links:
         self._out: dict[str, trio.MemorySendChannel] = {}
         self._failed_at: dict[str, float] = {}
         self.stats: Counter[str] = node.edge_stats
+        # This peer's data directory and the other peers' (name conflicts:
+        # gossip/wire.py InstanceBook, docs/membership.md).
+        raw = node.store.get(layout.META_INSTANCE)
+        self.instance: str | None = raw.decode() if raw is not None else None
+        self.instances = wire.InstanceBook(node.peer_id, self.instance or "", self.config.gossip.members_max)
 
     # --- sending
 
@@ -199,6 +215,54 @@ class Links:
             await stream.do_handshake()
         return stream
 
+    async def _hello(self, stream, addr: str):
+        """The initiator's side of the handshake: hello (and authentication
+        with a cluster secret), then the acceptor's verdict, before any frame.
+        Returns how to seal frames. A `name-conflict` verdict raises
+        `wire.NameConflict`, which stops this peer (executor/cli.py)."""
+        node = self.node
+        incarnation = node.core.cluster.membership.incarnation
+        hello = wire.hello_line(node.peer_id, incarnation, node.addr, self.instance)
+        initiator = None
+        if self.security.secret is None:
+            await stream.send_all(hello)
+        else:
+            initiator = auth.Initiator(self.security.secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
+            await stream.send_all(initiator.start())
+            while not initiator.done:
+                data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
+                if not data:
+                    raise auth.AuthError("the acceptor closed the link during the handshake")
+                proof = initiator.feed(data)
+            await stream.send_all(proof)
+        # The verdict: one line, and nothing after it (links carry frames one
+        # way); its bound covers the MAC that seals it under a secret.
+        line_max = wire.VERDICT_LINE_BYTES_MAX + auth.VERDICT_MAC_HEX + 1
+        line = b""
+        while b"\n" not in line:
+            if len(line) > line_max:
+                raise wire.ProtocolError("verdict line too long")
+            data = await stream.receive_some(line_max + 1 - len(line))
+            if not data:
+                raise wire.ProtocolError("the acceptor closed the link before its verdict")
+            line += data
+        if not line.endswith(b"\n"):
+            raise wire.ProtocolError("bytes after the acceptor's verdict")
+        if initiator is not None:
+            if line.startswith(b"ERR "):
+                # Refusals before the verdict (auth-failed, too many
+                # connections) are not sealed; nor can they stop this peer.
+                raise wire.ProtocolError(f"link refused: {line[:120].decode('ascii', 'replace').strip()}")
+            line = initiator.open_verdict(line)
+        try:
+            their_id, their_instance = wire.parse_verdict(line)
+        except wire.NameConflict as exc:
+            raise wire.NameConflict(f"name conflict: the peer at {addr} refused this peer: {exc}") from None
+        # Learnt, not judged: what we know first stands (a later hello of
+        # that id with another instance is then the conflict).
+        self.instances.learn(their_id, their_instance, replace=False)
+        return initiator.sealer.seal if initiator is not None else wire.frame
+
     async def _writer(
         self, peer_id: str | None, addr: str, channel: trio.MemorySendChannel, frames: trio.MemoryReceiveChannel
     ) -> None:
@@ -207,23 +271,8 @@ class Links:
             with trio.fail_after(_CONNECT_TIMEOUT_S + (cfg.hello_timeout_s if self.security.client_ssl else 0)):
                 stream = await self._open(addr)
             async with stream:
-                node = self.node
-                incarnation = node.core.cluster.membership.incarnation
-                hello = wire.hello_line(node.peer_id, incarnation, node.addr)
-                seal = wire.frame
-                if self.security.secret is not None:
-                    initiator = auth.Initiator(self.security.secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
-                    with trio.fail_after(cfg.hello_timeout_s):
-                        await stream.send_all(initiator.start())
-                        while not initiator.done:
-                            data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
-                            if not data:
-                                raise auth.AuthError("the acceptor closed the link during the handshake")
-                            proof = initiator.feed(data)
-                        await stream.send_all(proof)
-                    seal = initiator.sealer.seal
-                else:
-                    await stream.send_all(hello)
+                with trio.fail_after(cfg.hello_timeout_s):
+                    seal = await self._hello(stream, addr)
                 while True:
                     batch = [await frames.receive()]
                     while len(batch) < cfg.peer_send_queue_max:
@@ -257,7 +306,7 @@ class Links:
         line, _, rest = first.partition(b"\n")
         hello = line + b"\n"
         try:
-            peer_id, _incarnation, addr = wire.parse_hello(hello)
+            peer_id, incarnation, addr, instance = wire.parse_hello_full(hello)
         except wire.ProtocolError as exc:
             self.stats["bad_hello"] += 1
             log.warning("%s: refused a peer link from %s: %s", self.node.peer_id, source, exc)
@@ -296,6 +345,26 @@ class Links:
             self.stats["auth_ok"] += 1
             rest, opener = acceptor.leftover, acceptor.opener
             frame_max += auth.TAG_BYTES
+        seal_verdict = acceptor.seal_verdict if secret is not None else bytes
+        # Only now, with the hello authenticated where a secret says so: is
+        # this id another peer's? (gossip/wire.py InstanceBook)
+        m = self.node.core.cluster.membership.member(peer_id)
+        member = None if m is None else (m.state is not membership.DEAD, m.addr, m.incarnation)
+        conflict = self.instances.judge(peer_id, instance, addr, incarnation, member)
+        if conflict is not None:
+            self.stats["name_conflicts"] += 1
+            log.warning("%s: refused a peer link from %s (%s): name conflict: %s", self.node.peer_id, source,
+                        peer_id, conflict)
+            await _say(stream, seal_verdict(wire.verdict_conflict(conflict)))
+            return
+        if instance is not None and self.instance is not None:  # a hello without one: a tool, no verdict wanted
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    await stream.send_all(seal_verdict(wire.verdict_ok(self.node.peer_id, self.instance)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+            if scope.cancelled_caught:
+                return
         decoder = wire.FrameDecoder(frame_max)
         inbox = self.node.inbox_send
         slow_s = self.config.slow_sender_s

@@ -38,8 +38,8 @@ import trio
 from executor import protocol
 from executor.config import Config, Security
 from executor.core import (
-    IMMEDIATE_ACTIONS,
     ClientClosed,
+    DiskSpace,
     ClientRequest,
     JobExited,
     KillJob,
@@ -50,13 +50,15 @@ from executor.core import (
     Send,
     StartJob,
     Tick,
+    is_immediate,
+    read_result,
 )
 from executor.cluster import Cluster
 from executor.links import Links
-from executor.runner import kill_orphan, run_job
+from executor.runner import DurableRecords, RecordWriteFailed, kill_orphan_sessions, run_job
 from gossip.wire import HELLO_LINE_BYTES_MAX, HELLO_PREFIX
 from storage import layout
-from storage.store import LevelStore, Store
+from storage.store import LevelStore, Store, StoreError
 
 log = logging.getLogger("peerjobs")
 
@@ -79,7 +81,13 @@ class _Client:
     budget: trio.Semaphore | None = None
     closed: bool = False
     authed: bool = True
+    holds_slot: bool = False  # counts against client_connections_max (until EOF)
+    draining: int = 0  # 1 while it counts against client_draining_max
     owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
+
+
+class StorageFailed(Exception):
+    """A synced write failed: the peer stops (fail-stop); one line says why."""
 
 
 class Node:
@@ -93,13 +101,16 @@ class Node:
         config: Config,
         seeds: list[str] | None = None,
         store: Store | None = None,
-        clock=time.time,
+        clock=time.monotonic,
+        wall_clock=time.time,
+        free_bytes=None,
         connect=None,
         http: tuple[str, int] | None = None,
         security: Security | None = None,
     ) -> None:
-        """`clock` and `connect` (how to open a link to "host:port") are
-        parameters so that tests can run peers on trio's virtual clock over
+        """`clock` (monotonic: every deadline runs on it), `wall_clock` (for
+        what records show) and `connect` (how to open a link to "host:port")
+        are parameters so that tests can run peers on trio's virtual clock over
         in-memory streams. `security`: secret, token, allow-list, TLS
         (docs/security.md); the default trusts the network."""
         self.security = security if security is not None else Security()
@@ -107,6 +118,9 @@ class Node:
         self._per_source: collections.Counter[str] = collections.Counter()
         self.data_dir = data_dir
         self.clock = clock
+        self.wall_clock = wall_clock
+        # Free bytes of the data directory's file system, or None if unknown.
+        self.free_bytes = free_bytes if free_bytes is not None else self._free_bytes
         self.connect = connect
         self.host, self.port = listen
         self.config = config
@@ -124,7 +138,10 @@ class Node:
         self.core: PeerCore | None = None  # made in run(), once the port is bound
         self.inbox_send, self.inbox = trio.open_memory_channel(config.inbox_events_max)
         self.job_scopes: dict[str, trio.CancelScope] = {}
-        self.clients = 0
+        self.clients = 0  # client connections (client_connections_max)
+        self.peer_links = 0  # inbound peer links (peer_links_max)
+        self.connections = 0  # every open inbound connection, of either kind
+        self.draining = 0  # hung-up clients still owed replies (client_draining_max)
         self._client_numbers = itertools.count(1)
         self._tick_pending = False
         self._pending_writes: list = []
@@ -140,12 +157,23 @@ class Node:
         self.on_commit = None  # set by executor/http.py: called with (writes, seconds) per synced batch
 
     def _kill_orphans(self) -> None:
+        """Kill what a previous life of this peer left running (it was killed
+        with -9 and its jobs ran on), before any job runs again here: every
+        process of every session recorded under `r/` (executor/runner.py says
+        how a session is found and pinned against pid reuse). Also sets up
+        this life's synced job records (`_spawned`)."""
         stale = list(self.store.scan(layout.PID))
+        records = []
         for key, value in stale:
-            job_id = key[len(layout.PID):].decode()
-            if kill_orphan(int(layout.decode(value, "pid")), job_id, self.peer_id):
-                log.info("%s: killed the orphaned process of job %s from before the restart", self.peer_id, job_id)
+            record = layout.decode(value, "job process record")
+            if isinstance(record, dict):
+                records.append(record)
+            # else: a bare pid written by an older version; it cannot be told
+            # from a reused pid, so it is left alone.
+        for sid in kill_orphan_sessions(records):
+            log.info("%s: killed the orphaned job processes (session %d) of the previous life", self.peer_id, sid)
         self.store.write([(key, None) for key, _ in stale], sync=False)
+        self._job_records = DurableRecords(self.store, in_thread=self.store.blocks)
 
     def statistics(self) -> dict[str, int]:
         """Every counter of this peer: jobs, queue, links, membership, clients."""
@@ -158,8 +186,41 @@ class Node:
         out.update({f"gossip_{k}": v for k, v in sorted(core.cluster.membership.statistics().items())})
         return out
 
-    def _spawned(self, job_id: str, pid: int) -> None:
-        self.store.write([(layout.key(layout.PID, job_id), layout.encode(pid))], sync=False)
+    async def ask(self, command) -> bytes:
+        """Answer one typed, already-validated command (executor/http.py)
+        exactly as a client would be answered, with the reply's bytes.
+
+        The HTTP edge calls this instead of speaking the text protocol to its
+        own port, so that no string from an HTTP request is ever parsed as a
+        protocol line. The caller bounds the wait (a cancelled ask tells the
+        core the "connection" is gone, as a client hanging up would)."""
+        client = _Client(next(self._client_numbers))
+        slot = _Slot()
+        client.pending.append(slot)
+        try:
+            await self.inbox_send.send(ClientRequest((client, slot), command))
+            while slot.data is None:
+                await client.ready.park()
+            return slot.data
+        finally:
+            if slot.data is None:
+                try:
+                    self.inbox_send.send_nowait(ClientClosed(client))
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    pass  # a full inbox: a WAIT left behind still ends at its own timeout
+
+    async def _spawned(self, job_id: str, record: dict) -> None:
+        """The job's session leader is spawned and waits: make its record
+        durable (synced, group-committed with other starts) before its
+        command runs, so that no crash leaves a job process the next life
+        cannot find (docs/architecture.md, crash points)."""
+        try:
+            await self._job_records.write([(layout.key(layout.PID, job_id), layout.encode(record))])
+        except RecordWriteFailed as exc:
+            raise StorageFailed(
+                f"{self.peer_id}: stopping: a synced write failed ({exc}) before job {job_id} ran; nothing of it "
+                f"ran. Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
+                f"peer: it recovers every job acknowledged before") from None
 
     # ------------------------------------------------------------------
 
@@ -177,10 +238,12 @@ class Node:
                 now = self.clock()
                 snap = self.snapshot
                 cluster = Cluster(self.peer_id, self.addr, self.incarnation, self.config, random.Random(), now)
-                self.core = PeerCore(self.peer_id, self.config, self.slots, random.Random(), snap, now, cluster=cluster)
+                self.core = PeerCore(self.peer_id, self.config, self.slots, random.Random(), snap, now,
+                                     cluster=cluster, wall=self.wall_clock())
                 self.links = Links(self, nursery, self.connect)
                 self.core.handle_join(self.seeds, snap.peers, now)
-                jobs, held, outbox = len(snap.jobs), len(snap.held), len(snap.outbox)
+                core = self.core
+                jobs, held, outbox = len(core.records), len(core.queue), len(core.outbox)
                 self.snapshot = None  # recovered: let it go
                 log.info(
                     "%s: listening on %s (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
@@ -189,6 +252,7 @@ class Node:
                 nursery.start_soon(self._committer, self._doorbell_recv)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._disk_watcher)
                 if listeners:
                     nursery.start_soon(trio.serve_listeners, self.serve, listeners)
                 if self.http is not None:
@@ -207,6 +271,17 @@ class Node:
                 self._tick_pending = True
                 await self.inbox_send.send(Tick())
 
+    async def _disk_watcher(self) -> None:
+        """While the disk is low, look again every `disk_check_interval_s`:
+        a refused SUBMIT writes nothing, so no commit would ever notice that
+        space came back. SUBMIT works again without a restart."""
+        while True:
+            await trio.sleep(self.config.disk_check_interval_s)
+            if self.core.disk_low:
+                free = await trio.to_thread.run_sync(self.free_bytes) if self.store.blocks else self.free_bytes()
+                if free is not None and free >= self.config.disk_free_bytes_min:
+                    await self.inbox_send.send(DiskSpace(False, free))
+
     async def _core_loop(self) -> None:
         """Feed events to the core; hand its output to the committer.
 
@@ -219,12 +294,12 @@ class Node:
         core, inbox = self.core, self.inbox
         while True:
             event = await inbox.receive()
-            now = self.clock()
+            now, wall = self.clock(), self.wall_clock()
             count = 0
             while True:
                 if type(event) is Tick:
                     self._tick_pending = False
-                core.handle(event, now)
+                core.handle(event, now, wall)
                 count += 1
                 if count >= self.config.commit_events_max:
                     break
@@ -240,7 +315,7 @@ class Node:
                         break
             writes, actions = core.take()
             for action in actions:
-                if type(action) in IMMEDIATE_ACTIONS:
+                if is_immediate(action):
                     self._execute(action)
                 else:
                     self._pending_actions.append(action)
@@ -249,43 +324,71 @@ class Node:
                 self._doorbell.send_nowait(None)
             except trio.WouldBlock:
                 pass  # the committer will take this batch along with the last
-            while len(self._pending_writes) >= self.config.commit_writes_max:
-                await self._committed.park()  # backpressure: the disk is behind
+            # Clients already wait at commit_writes_max (_client_reader);
+            # this is the last resort that keeps memory bounded.
+            while len(self._pending_writes) >= 2 * self.config.commit_writes_max:
+                await self._committed.park()
 
     async def _committer(self, doorbell_recv) -> None:
         """Write everything pending in one synced batch, then carry out the
-        actions that waited for it. While the disk syncs, the core goes on
-        and the next batch fills up (group commit, pipelined)."""
+        actions that waited for it. While the disk syncs (in a worker thread:
+        the event loop, and with it membership, never waits for the disk),
+        the core goes on and the next batch fills up (group commit, pipelined).
+
+        Fail-stop (after PostgreSQL's fsyncgate): a write or sync that fails
+        leaves the log's state unknown, so the peer acknowledges nothing of
+        that batch or after it, logs one line and stops (`StorageFailed`);
+        the restart recovers everything acknowledged before."""
         async for _ in doorbell_recv:
             writes, actions = self._pending_writes, self._pending_actions
             self._pending_writes, self._pending_actions = [], []
             self._committed.unpark_all()
             if writes:
                 started = time.perf_counter()
-                if len(writes) <= self.config.commit_inline_writes_max:
-                    self._write(writes)
-                else:
-                    await trio.to_thread.run_sync(self._write, writes)
+                try:
+                    if self.store.blocks:
+                        free = await trio.to_thread.run_sync(self._write, writes)
+                    else:
+                        free = self._write(writes)  # memory: cannot stall the loop
+                except StoreError as exc:
+                    raise StorageFailed(
+                        f"{self.peer_id}: stopping: a synced write failed ({exc}); nothing of it was acknowledged. "
+                        f"Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
+                        f"peer: it recovers every job acknowledged before") from None
                 if self.on_commit is not None:
                     self.on_commit(len(writes), time.perf_counter() - started)
+                low = free is not None and free < self.config.disk_free_bytes_min
+                if low != self.core.disk_low:
+                    await self.inbox_send.send(DiskSpace(low, free))
             for action in actions:
                 self._execute(action)
 
-    def _write(self, writes) -> None:
+    def _write(self, writes) -> int | None:
+        """In a worker thread: the synced batch, then the free bytes left."""
         self.store.write(writes, sync=True)
+        return self.free_bytes()
+
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def _execute(self, action) -> None:
         kind = type(action)
         if kind is Reply:
             self._deliver(action.token, action.data, action.close)
         elif kind is StartJob:
-            self.nursery.start_soon(self._run_job, action)
+            # The job's cancel scope exists from this moment on, so that a
+            # KillJob carried out in the same batch (a CANCEL handled right
+            # after the start, before the task ran) finds it: cancel wins.
+            scope = self.job_scopes[action.job_id] = trio.CancelScope()
+            self.nursery.start_soon(self._run_job, action, scope)
         elif kind is Send:
             self.links.send(action.peer_id, action.addr, action.message)
         elif kind is ReplyResult:
-            raw = self.store.get(layout.key(layout.OUTPUT, action.job_id))
-            stdout, stderr = layout.decode(raw, "output") if raw is not None else (b"", b"")
-            self._deliver(action.token, action.header + stdout + stderr + b"\n", False)
+            self._deliver(action.token, read_result(self.store, action.job_id), False)
         elif kind is KillJob:
             scope = self.job_scopes.get(action.job_id)
             if scope is not None:
@@ -299,10 +402,9 @@ class Node:
         client, slot = token
         _fill(client, slot, data, close)
 
-    async def _run_job(self, start: StartJob) -> None:
+    async def _run_job(self, start: StartJob, scope: trio.CancelScope) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)
-        with trio.CancelScope() as scope:
-            self.job_scopes[start.job_id] = scope
+        with scope:
             try:
                 exited = await run_job(
                     start,
@@ -316,7 +418,10 @@ class Node:
                 if self.job_scopes.get(start.job_id) is scope:
                     del self.job_scopes[start.job_id]
                 if start.spec.kind == "sh":
-                    self.store.write([(layout.key(layout.PID, start.job_id), None)], sync=False)
+                    try:
+                        self.store.write([(layout.key(layout.PID, start.job_id), None)], sync=False)
+                    except StoreError:
+                        pass  # a hint only (the next life checks it); a failing disk stops the committer
         if scope.cancelled_caught:
             exited = JobExited(start.job_id, start.attempt, None, "cancelled")
         log.debug("%s: job %s attempt %d exited: code=%s reason=%s",
@@ -341,12 +446,17 @@ class Node:
         return {"token": self.security.token.decode() if self.security.token else None, "ssl_context": ctx}
 
     async def serve(self, stream: trio.abc.Stream) -> None:
-        """One inbound connection, a client or a peer."""
+        """One inbound connection, a client or a peer.
+
+        Budgets: every connection counts against the sum of both budgets
+        until its first line says what it is; then a client takes one of
+        `client_connections_max` slots and a peer link one of `peer_links_max`
+        (`_serve_connection`), so neither kind can lock the other out."""
         cfg = self.config
         source = _source_of(stream)
         limited = source is not None and not _is_loopback(source)
         async with _closing(stream):
-            if self.clients >= cfg.client_connections_max:
+            if self.connections >= cfg.client_connections_max + cfg.peer_links_max:
                 self.edge_stats["refused_connections"] += 1
                 await _say(stream, protocol.err(
                     "too-many-connections", f"this peer serves at most {cfg.client_connections_max} connections"))
@@ -357,7 +467,7 @@ class Node:
                     "too-many-connections",
                     f"this peer serves at most {cfg.client_connections_per_source_max} connections per address"))
                 return
-            self.clients += 1
+            self.connections += 1
             if limited:
                 self._per_source[source] += 1
             try:
@@ -376,7 +486,7 @@ class Node:
                     self.edge_stats["handler_errors"] += 1
                     log.exception("%s: connection from %s failed (a bug; the peer goes on)", self.peer_id, source)
             finally:
-                self.clients -= 1
+                self.connections -= 1
                 if limited:
                     self._per_source[source] -= 1
                     if not self._per_source[source]:
@@ -418,12 +528,28 @@ class Node:
                 self.edge_stats["bad_hello"] += 1
                 await _say(stream, protocol.err("protocol-error", "hello line too long"))
                 return
-            await self.links.serve_inbound(stream, first, source, hello_deadline)
+            if self.peer_links >= cfg.peer_links_max:
+                self.edge_stats["refused_links"] += 1
+                await _say(stream, protocol.err(
+                    "too-many-connections", f"this peer serves at most {cfg.peer_links_max} peer links"))
+                return
+            self.peer_links += 1
+            try:
+                await self.links.serve_inbound(stream, first, source, hello_deadline)
+            finally:
+                self.peer_links -= 1
+            return
+        if self.clients >= cfg.client_connections_max:
+            self.edge_stats["refused_connections"] += 1
+            await _say(stream, protocol.err(
+                "too-many-connections", f"this peer serves at most {cfg.client_connections_max} connections"))
             return
         await self._serve_client(stream, first)
 
     async def _serve_client(self, stream, first: bytes) -> None:
         client = _Client(next(self._client_numbers), authed=self.security.token is None)
+        self.clients += 1
+        client.holds_slot = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._client_writer, stream, client, nursery.cancel_scope)
@@ -432,8 +558,26 @@ class Node:
                 client.closed = True
                 client.ready.unpark_all()
         finally:
+            if client.holds_slot:
+                self.clients -= 1
+            self.draining -= client.draining
             with trio.CancelScope(shield=True):
                 await self.inbox_send.send(ClientClosed(client))
+
+    def _hung_up(self, client: _Client) -> bool:
+        """The client sent EOF: it asks nothing more, so its connection slot
+        is free at once. Replies it is still owed (a WAIT) are written while
+        it stays under `client_draining_max`; False: close it now instead."""
+        if client.holds_slot:
+            client.holds_slot = False
+            self.clients -= 1
+            if client.pending:
+                if self.draining >= self.config.client_draining_max:
+                    self.edge_stats["draining_refused"] += 1
+                    return False
+                client.draining = 1
+                self.draining += 1
+        return True
 
     def _edge_reply(self, client: _Client, line: bytes) -> tuple[bytes, bool] | None:
         """Requests answered at the edge, before the core: AUTH, and every
@@ -464,8 +608,16 @@ class Node:
         client.budget = budget
         data = first
         partial_since = None
+        eof = finished = False
+        backlog = bytearray()  # bytes read while a WAIT was pending, not yet parsed
         while True:
-            for line in splitter.feed(data):
+            lines = splitter.feed(data)
+            if eof:
+                # Every byte is in: a last line without a newline is
+                # answered like any other.
+                lines += splitter.finish()
+                finished = True
+            for line in lines:
                 await budget.acquire()
                 while client.owed_bytes > cfg.client_reply_bytes_max:
                     await client.ready.park()  # the client does not read its replies: stop reading requests
@@ -503,15 +655,29 @@ class Node:
                     self.edge_stats["submit_not_allowed"] += 1
                     _fill(client, slot, protocol.err("not-allowed", "this peer runs only the commands on its allow-list"))
                     continue
+                while len(self._pending_writes) >= cfg.commit_writes_max:
+                    await self._committed.park()  # backpressure: the disk is behind
                 await self.inbox_send.send(ClientRequest((client, slot), command))
                 if type(command) is protocol.Quit:
                     return
                 if type(command) is protocol.Wait:
                     # Commands after a WAIT see the world after it, as a
                     # script piped into nc expects; the reply order alone
-                    # would not give that.
+                    # would not give that. Meanwhile the client is still
+                    # read (into the backlog, unparsed), so that a hang-up
+                    # frees its connection slot at once.
+                    if not eof and await self._read_while_waiting(stream, client, slot, backlog):
+                        eof = True
+                        if not self._hung_up(client):
+                            return
                     while slot.data is None:
                         await client.ready.park()
+            if backlog or (eof and not finished):
+                data = bytes(backlog)
+                backlog.clear()
+                continue
+            if eof:
+                return
             now = trio.current_time()
             if splitter.pending_bytes:
                 partial_since = partial_since if partial_since is not None else now
@@ -535,7 +701,31 @@ class Node:
                 _fill(client, slot, message, True)
                 return
             if not data:
-                return
+                eof = True
+                if not self._hung_up(client):
+                    return
+
+    async def _read_while_waiting(self, stream, client: _Client, slot: _Slot, backlog: bytearray) -> bool:
+        """Read the client until `slot` (its WAIT) is answered, EOF (True),
+        or `line_bytes_max` bytes wait in `backlog` (then it is left unread:
+        backpressure, as for any client that sends faster than it is served)."""
+        eof = False
+        async with trio.open_nursery() as nursery:
+
+            async def answered() -> None:
+                while slot.data is None:
+                    await client.ready.park()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(answered)
+            while len(backlog) < self.config.line_bytes_max:
+                data = await stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    eof = True
+                    break
+                backlog += data
+            nursery.cancel_scope.cancel()
+        return eof
 
     async def _client_writer(self, stream, client: _Client, scope: trio.CancelScope) -> None:
         pending = client.pending

@@ -24,13 +24,21 @@ Grammar (one command per line, UTF-8, LF or CRLF; see docs/protocol.md)::
 Every reply is either one line starting with ``OK`` or ``ERR <code> <message>``,
 or an ``OK`` header that states exactly how many lines or bytes follow, so a
 pipelining client can always find the next reply.
+
+Three definitions here are shared by every door, so that no door accepts
+what another refuses: what a job id is (`is_job_id`, also used by the peer
+frame check in executor/links.py and the HTTP paths in executor/http.py),
+what a command may hold (`command_text_problem`, also used by the peer frame
+check), and, through executor/numbers.py, what a number is. A last line
+without a newline is returned by `LineSplitter.finish` at EOF.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+
+from executor.numbers import NumberError, parse_int, parse_seconds
 
 # ---------------------------------------------------------------------------
 # Commands
@@ -162,6 +170,22 @@ class LineSplitter:
                 self._buf += rest
         return out
 
+    def finish(self) -> list[bytes | object]:
+        """The stream ended (EOF): the last line, if it had no newline.
+
+        `printf 'SUBMIT echo x' | nc HOST PORT` sends a line and no `\\n`;
+        it is a request like any other and gets its answer. Returns `[line]`
+        (a trailing CR dropped, as `feed` does), or `[]` when nothing is
+        pending — including when the pending bytes belong to a line already
+        reported as `TOO_LONG`. The splitter is empty afterwards."""
+        line = bytes(self._buf)
+        discarding = self._discarding
+        self._buf.clear()
+        self._discarding = False
+        if discarding or not line:
+            return []
+        return [line[:-1] if line.endswith(b"\r") else line]
+
     @property
     def pending_bytes(self) -> int:
         return len(self._buf)
@@ -169,9 +193,50 @@ class LineSplitter:
 
 # ---------------------------------------------------------------------------
 # Parsing
+#
+# What a job id and a command may be: ONE definition each, used by this
+# parser (client lines), executor/links.py (peer frames) and executor/http.py
+# (URL paths), so that no door accepts what another refuses.
 
-_JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]+\Z")
+PEER_ID_CHARS_MAX = 64
+"""Longest peer name (executor/settings.py `parse_name`, gossip's peer ids)."""
+
+JOB_SEQ_DIGITS_MAX = 18
+"""Digits of a job's sequence number: 10**18 jobs is more than any peer will
+issue, and it fits a signed 64-bit integer (CBOR, LevelDB keys), so turning
+it into an int is always cheap and never hits Python's digit limit."""
+
+JOB_ID_CHARS_MAX = PEER_ID_CHARS_MAX + 1 + JOB_SEQ_DIGITS_MAX
+
+JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,%d}\Z" % JOB_SEQ_DIGITS_MAX)
+"""`<home peer>-<sequence>`: the home is letters, digits, `_`, `.` and inner
+dashes; the sequence ASCII digits. Only ever matched after the length check
+of `is_job_id`, so the regex never scans more than `JOB_ID_CHARS_MAX`."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 _SLEEP_MS_MAX = 24 * 3600 * 1000  # a day: larger is surely a typo
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` is a well-formed job id (never raises, whatever the input)."""
+    return type(text) is str and len(text) <= JOB_ID_CHARS_MAX and JOB_ID.match(text) is not None
+
+
+def command_text_problem(command: str) -> str | None:
+    """Why `command` may not be a job's command, or None if it may.
+
+    A command is one line of text: no C0 control character except TAB, and
+    no DEL. CR in particular is refused rather than carried: the text
+    protocol is line-based, a peer link refuses it, and a terminal showing
+    `echo a\\rb` would hide the `echo a`. One predicate for the client
+    parser and the peer-frame check, so that a command a client got `OK`
+    for can always travel between peers (docs/protocol.md)."""
+    found = _CONTROL.search(command)
+    if found is None:
+        return None
+    return (f"command contains a control character (U+{ord(found.group()):04X}); "
+            f"a command is one line of printable text (TAB allowed)")
 
 HELP_LINES = (
     "SUBMIT [--timeout SECONDS] <shell command>  run a command with /bin/sh -c; replies OK <job-id>",
@@ -189,28 +254,33 @@ HELP_LINES = (
 
 
 def split_job_id(job_id: str) -> tuple[str, int]:
-    """`n1-42` -> ("n1", 42). The home peer is everything before the last dash."""
+    """`n1-42` -> ("n1", 42). The home peer is everything before the last dash.
+
+    Total: a sequence that is not 1 to `JOB_SEQ_DIGITS_MAX` ASCII digits
+    gives 0, a number no peer issues (sequences start at 1), so whatever
+    reaches here unchecked sorts first and is found nowhere, and nothing
+    raises."""
     home, _, seq = job_id.rpartition("-")
+    if not (0 < len(seq) <= JOB_SEQ_DIGITS_MAX and seq.isascii() and seq.isdigit()):
+        return home, 0
     return home, int(seq)
 
 
-def _job_id(args: str, verb: str) -> str:
-    job_id = args.strip()
+def parse_job_id(text: str, verb: str) -> str:
+    """A job id from a client, or `ClientError` (`bad-request` when missing,
+    `bad-id` when malformed)."""
+    job_id = text.strip()
     if not job_id:
         raise ClientError("bad-request", f"{verb} needs a job id, e.g. {verb} n1-1")
-    if not _JOB_ID.match(job_id):
-        raise ClientError("bad-id", f"{job_id[:64]!r} is not a job id (like n1-42)")
+    if not is_job_id(job_id):
+        shown = job_id[:64] + ("..." if len(job_id) > 64 else "")
+        raise ClientError("bad-id", f"{shown!r} is not a job id (like n1-42; at most "
+                                    f"{JOB_SEQ_DIGITS_MAX} digits after the last dash)")
     return job_id
 
 
-def _seconds(text: str, what: str, limit_s: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ClientError("bad-request", f"{what} must be a number of seconds, not {text[:32]!r}") from None
-    if not math.isfinite(value) or value <= 0 or value > limit_s:
-        raise ClientError("bad-request", f"{what} must be > 0 and <= {limit_s:g} seconds")
-    return value
+def _bad_number(exc: NumberError) -> ClientError:
+    return ClientError("bad-request", str(exc))
 
 
 def parse_command(
@@ -226,39 +296,44 @@ def parse_command(
     text = text.strip()
     if not text:
         raise ClientError("bad-request", "empty line; try HELP")
-    if text.isdigit() and text.isascii():
-        ms = int(text)
-        if ms > _SLEEP_MS_MAX:
-            raise ClientError("bad-request", f"sleep of {ms} ms is longer than a day")
+    try:
+        return _parse_text(text, command_bytes_max, timeout_max_s, wait_max_s, list_max)
+    except NumberError as exc:
+        raise _bad_number(exc) from None
+
+
+def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_max_s: float,
+                list_max: int) -> Command:
+    if text.isascii() and text.isdigit():
+        ms = parse_int(text, "a sleep job's milliseconds (a bare number)", lo=0, hi=_SLEEP_MS_MAX)
         return Submit(JobSpec(kind="sleep", sleep_ms=ms))
     verb, _, args = text.partition(" ")
     upper = verb.upper()
     if upper == "SUBMIT":
         return Submit(_parse_submit(args.strip(), command_bytes_max, timeout_max_s))
     if upper == "STATUS":
-        return Status(_job_id(args, "STATUS"))
+        return Status(parse_job_id(args, "STATUS"))
     if upper == "RESULT":
-        return Result(_job_id(args, "RESULT"))
+        return Result(parse_job_id(args, "RESULT"))
     if upper == "WAIT":
         job, _, secs = args.strip().partition(" ")
-        timeout = _seconds(secs.strip(), "WAIT timeout", wait_max_s) if secs.strip() else None
-        return Wait(_job_id(job, "WAIT"), timeout)
+        job_id = parse_job_id(job, "WAIT")
+        timeout = parse_seconds(secs.strip(), "WAIT timeout", hi=wait_max_s) if secs.strip() else None
+        return Wait(job_id, timeout)
     if upper == "CANCEL":
-        return Cancel(_job_id(args, "CANCEL"))
+        return Cancel(parse_job_id(args, "CANCEL"))
     if upper == "LIST":
         arg = args.strip()
         if not arg:
             return ListJobs(min(20, list_max))
-        if not (arg.isdigit() and arg.isascii()) or not 1 <= int(arg) <= list_max:
-            raise ClientError("bad-request", f"LIST takes a count from 1 to {list_max}")
-        return ListJobs(int(arg))
+        return ListJobs(parse_int(arg, "LIST count", lo=1, hi=list_max))
     if upper in ("PEERS", "STATS", "HELP", "QUIT"):
         if args.strip():
             raise ClientError("bad-request", f"{upper} takes no arguments")
         return {"PEERS": Peers, "STATS": Stats, "HELP": Help, "QUIT": Quit}[upper]()
-    if verb == "r" and _JOB_ID.match(args.strip()):
+    if verb == "r" and is_job_id(args.strip()):
         return Result(args.strip())
-    if verb.startswith("r") and not args and _JOB_ID.match(verb[1:]):
+    if verb.startswith("r") and not args and is_job_id(verb[1:]):
         return Result(verb[1:])
     raise ClientError("unknown-command", f"{verb[:32]!r} is not a command; try HELP")
 
@@ -268,12 +343,15 @@ def _parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Jo
     if args.startswith("--timeout"):
         _, _, rest = args.partition(" ")
         value, _, args = rest.strip().partition(" ")
-        timeout = _seconds(value, "--timeout", timeout_max_s)
+        timeout = parse_seconds(value, "--timeout", hi=timeout_max_s)
         args = args.strip()
     if not args:
         raise ClientError("bad-request", "SUBMIT needs a command, e.g. SUBMIT echo hello")
     if len(args.encode()) > command_bytes_max:
         raise ClientError("command-too-long", f"command is longer than {command_bytes_max} bytes")
+    problem = command_text_problem(args)
+    if problem is not None:
+        raise ClientError("bad-request", problem)
     return JobSpec(kind="sh", command=args, timeout_s=timeout)
 
 

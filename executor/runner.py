@@ -7,6 +7,34 @@ stdout and stderr are each captured up to `output_bytes_max` bytes; the rest
 is read and dropped (so the job never blocks on a full pipe) and the result
 says truncated. When the job times out, is cancelled, or the peer shuts down,
 its process group gets SIGTERM, then SIGKILL after `kill_grace_s`.
+
+Orphans of a previous life. A peer killed with -9 leaves its jobs running.
+The next life must kill them before it runs those jobs again, and it must
+find them by something a job cannot change: not its environment (`env -i`
+clears it), but its *session*. Every job is the leader of a new session
+(`setsid`), so its session id is its pid, and every process it starts keeps
+that session id, even one that moves to another process group. The pid is
+pinned against reuse by the process start time (/proc/<pid>/stat field 22,
+clock ticks since boot) and the boot id.
+
+The record must be durable before the job's command runs, or a crash right
+after the start would leave a process the next life cannot know about. So
+the job is spawned through a tiny wrapper: `/bin/sh` that waits for one line
+on a pipe (its stdin), then execs `/bin/sh -c <command>` in its place (same pid, same
+session). The peer writes the record (`r/<job-id>`, synced) between the spawn
+and that line. If the peer dies first, the kernel closes the pipe, the
+wrapper reads EOF and exits 125 without running anything. Whichever moment
+the peer dies, the job's command is either not started or on record.
+
+What this does not catch: a process that leaves the session itself
+(`setsid` in the job, a double-forking daemon). Only a cgroup per job could
+follow it; peerjobs does not ask for one.
+
+A job whose spawn fails (the work directory was removed or replaced by a
+file, out of file descriptors, memory, an argument list too long...) fails
+with `reason=spawn-error` and the OS error in its stderr; the peer goes on.
+The work directory is recreated before every spawn, so a job that removed
+it breaks nothing but itself.
 """
 
 from __future__ import annotations
@@ -14,13 +42,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from executor.core import JobExited, StartJob
 
 _READ_CHUNK_BYTES = 65536
+
+_WRAPPER = 'read -r _ || exit 125; exec /bin/sh -c "$1" </dev/null'
+"""Waits for the peer's go line on its stdin, a pipe from the peer (the
+record of this process is then durable), then becomes the job's shell, with
+stdin from /dev/null as every job has. EOF instead (the peer died before the
+record was durable): exit 125 without running the command."""
+WRAPPER_NO_GO_EXIT = 125
+
+ORPHAN_KILL_ROUNDS_MAX = 20
+"""Scans of /proc at restart: a process of an orphaned session may fork
+while we kill; each round kills what the previous scan found, until a scan
+finds nothing (a fork bomb outlasting this many rounds is left, and logged)."""
+ORPHAN_KILL_ROUND_PAUSE_S = 0.01
+"""Between rounds: lets SIGKILLed processes die before the next scan."""
 
 
 class _Capture:
@@ -41,22 +84,109 @@ class _Capture:
             self.data += chunk
 
 
-def kill_orphan(pid: int, job_id: str, peer_id: str) -> bool:
-    """Kill the process group of a job left running by a previous life of
-    this peer (killed with -9, its jobs ran on as orphans), so that the new
-    attempt does not run beside the old one. The pid is checked against the
-    job's environment first, so a reused pid is never hit. Linux only."""
-    marker = f"\0PEERJOBS_JOB_ID={job_id}\0".encode()
-    peer = f"\0PEERJOBS_PEER={peer_id}\0".encode()
+# ---------------------------------------------------------------------------
+# Process identity and the orphan scan (Linux /proc)
+
+
+def boot_id() -> str:
+    """This boot's id: a start time means nothing across a reboot."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = b"\0" + f.read() + b"\0"
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
     except OSError:
-        return False
-    if marker not in environ or peer not in environ:
-        return False
-    _signal_group(pid, signal.SIGKILL)
-    return True
+        return ""
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, session id, start time in clock ticks since boot) of `pid`, or
+    None if it is gone. The command name (field 2) may hold spaces and
+    parentheses, so fields are counted from the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    # fields[0] is field 3 (state); field 6 (session) is fields[3]; field 22 (start time) is fields[19].
+    try:
+        return fields[0].decode(), int(fields[3]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_record(pid: int) -> dict | None:
+    """What pins a job's session leader across a crash: pid (= session id),
+    start time and boot id. None if /proc cannot tell (not Linux)."""
+    stat = _stat(pid)
+    if stat is None:
+        return None
+    return {"pid": pid, "start": stat[2], "boot": boot_id()}
+
+
+def _sessions() -> dict[int, list[tuple[int, int]]]:
+    """Every live (not zombie) process by session id: [(pid, start time)]."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        stat = _stat(int(entry))
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        out.setdefault(stat[1], []).append((int(entry), stat[2]))
+    return out
+
+
+def orphan_sessions(records: list[dict], sessions: dict[int, list[tuple[int, int]]], boot: str) -> list[int]:
+    """The session ids among `records` that still hold a process of the job
+    they recorded. Pure: `sessions` is `_sessions()`'s map.
+
+    A record from another boot: every process of it is gone. The leader
+    alive with another start time: the pid was reused by an unrelated session
+    leader, not ours. The leader gone but members left: theirs is still our
+    session (Linux does not reuse a pid while a session or group bears its
+    number), unless the whole session ended and a new process with that pid
+    made a session of its own and died since, in the moments between the
+    crash and this restart (not guarded; every member then started after our
+    leader, which is all a start time can say)."""
+    found = []
+    for rec in records:
+        sid, start = rec.get("pid"), rec.get("start")
+        if type(sid) is not int or type(start) is not int or rec.get("boot") != boot or sid <= 1:
+            continue
+        members = sessions.get(sid, [])
+        leader = [s for p, s in members if p == sid]
+        if leader and leader[0] != start:
+            continue
+        if any(s >= start for _, s in members):
+            found.append(sid)
+    return found
+
+
+def kill_orphan_sessions(records: list[dict]) -> list[int]:
+    """SIGKILL every process of every recorded session still alive (see
+    `orphan_sessions`); returns the sessions that had processes. Rescans
+    until nothing is left, so a child forked meanwhile dies too."""
+    boot = boot_id()
+    hit: list[int] = []
+    for _ in range(ORPHAN_KILL_ROUNDS_MAX):
+        sessions = _sessions()
+        live = orphan_sessions(records, sessions, boot)
+        if not live:
+            return hit
+        for sid in live:
+            if sid not in hit:
+                hit.append(sid)
+            for pid, _start in sessions[sid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        time.sleep(ORPHAN_KILL_ROUND_PAUSE_S)
+    return hit
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -76,6 +206,15 @@ async def _stop(process: trio.Process, grace_s: float) -> None:
         await process.wait()
 
 
+async def _no_record(record: dict) -> None:
+    return None
+
+
+def _spawn_error(start: StartJob, exc: OSError) -> JobExited:
+    return JobExited(start.job_id, start.attempt, None, "spawn-error", b"",
+                     f"peerjobs: the job could not be started: {exc}\n".encode(errors="replace"))
+
+
 async def run_job(
     start: StartJob,
     *,
@@ -83,10 +222,12 @@ async def run_job(
     workdir: str,
     output_bytes_max: int,
     kill_grace_s: float,
-    spawned: Callable[[int], None] = lambda pid: None,
+    spawned: Callable[[dict], Awaitable[None]] = _no_record,
 ) -> JobExited:
     """Run the job to its end. Cancellation kills the process group and
-    propagates; the caller turns it into a `cancelled` exit."""
+    propagates; the caller turns it into a `cancelled` exit. `spawned` gets
+    the session leader's record (`process_record`) and must return once it is
+    durable: the command runs only after that."""
     spec = start.spec
     if spec.kind == "sleep":
         with trio.move_on_after(start.timeout_s) as scope:
@@ -97,18 +238,40 @@ async def run_job(
     env = dict(os.environ)
     env.update(PEERJOBS_JOB_ID=start.job_id, PEERJOBS_ATTEMPT=str(start.attempt), PEERJOBS_PEER=peer_id)
     out, errs = _Capture(output_bytes_max), _Capture(output_bytes_max)
-    process = await trio.lowlevel.open_process(
-        ["/bin/sh", "-c", spec.command],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        env=env,
-        start_new_session=True,
-    )
-    spawned(process.pid)
+    go_read = go_write = -1
+    try:
+        # A job may have removed the work directory (`cd .. && rm -rf work`):
+        # recreate it. Anything else in its way fails this job, not the peer.
+        os.makedirs(workdir, exist_ok=True)
+        go_read, go_write = os.pipe()
+        process = await trio.lowlevel.open_process(
+            ["/bin/sh", "-c", _WRAPPER, "peerjobs-job", spec.command],
+            stdin=go_read,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        for fd in (go_read, go_write):
+            if fd >= 0:
+                os.close(fd)
+        return _spawn_error(start, exc)
+    os.close(go_read)
     reason = None
     try:
+        try:
+            record = process_record(process.pid)
+            if record is not None:
+                # The wrapper is blocked on the pipe: it is alive and cannot
+                # have run anything, so this is the right process's identity.
+                await spawned(record)
+            os.write(go_write, b"go\n")
+        except BrokenPipeError:
+            pass  # the wrapper is gone already (killed): its exit says so
+        finally:
+            os.close(go_write)
         with trio.move_on_after(start.timeout_s) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(out.drain, process.stdout)
@@ -139,3 +302,57 @@ async def run_job(
         bytes(errs.data),
         out.truncated or errs.truncated,
     )
+
+
+class RecordWriteFailed(Exception):
+    """A synced write of job records failed (the disk): the peer must stop."""
+
+
+class DurableRecords:
+    """Synced writes of job process records, group-committed: every record
+    asked for while one sync runs goes into the next one, so N jobs starting
+    together cost about one fsync, not N. A store that blocks (LevelStore)
+    syncs in a worker thread (LevelDB takes concurrent writers); the memory
+    store is written inline on the trio thread. After a failed write every
+    later one fails too (`RecordWriteFailed`): the peer is stopping."""
+
+    def __init__(self, store, in_thread: bool) -> None:
+        self.store = store
+        self.in_thread = in_thread
+        self._pending: list = []
+        self._next_done = trio.Event()
+        self._busy = False
+        self._failed: BaseException | None = None
+
+    async def write(self, writes: list) -> None:
+        if self._failed is not None:
+            raise RecordWriteFailed(str(self._failed)) from self._failed
+        self._pending += writes
+        done = self._next_done
+        if not self._busy:
+            self._busy = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    event, self._next_done = self._next_done, trio.Event()
+                    try:
+                        # Shielded: the task that happens to flush may be
+                        # cancelled (its job was), the others still wait.
+                        with trio.CancelScope(shield=True):
+                            if self.in_thread:
+                                await trio.to_thread.run_sync(self._sync, batch)
+                            else:
+                                self._sync(batch)
+                    except Exception as exc:
+                        self._failed = exc
+                        event.set()
+                        raise RecordWriteFailed(str(exc)) from exc
+                    event.set()
+            finally:
+                self._busy = False
+        await done.wait()
+        if self._failed is not None:
+            raise RecordWriteFailed(str(self._failed)) from self._failed
+
+    def _sync(self, batch: list) -> None:
+        self.store.write(batch, sync=True)

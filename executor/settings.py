@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor.config import AllowList, Config, Security
+from executor.numbers import parse_float, parse_int
 from gossip.config import GossipConfig
 
 ENV_PREFIX = "PEERJOBS_"
@@ -68,6 +69,17 @@ PRESETS = {"local": Config.local, "lan": Config.lan}
 
 _NAME = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*\Z")
 
+SETTING_INT_MAX = 2**63 - 1
+"""Largest integer setting: every count and byte bound fits a signed 64-bit
+integer (what LevelDB, CBOR and the peer frames carry)."""
+
+SETTING_FLOAT_MAX = 1e9
+"""Largest real-valued setting (seconds, multipliers): about 31 years; more
+is a typo, and an infinite timer would never fire."""
+
+SLOTS_MAX = 65536
+"""Largest `--slots`: jobs one peer runs at once (each is a process)."""
+
 
 class SettingsError(Exception):
     """A setting that cannot be used; the message names it and its source."""
@@ -79,9 +91,10 @@ class SettingsError(Exception):
 
 def parse_hostport(text: str, *, allow_zero: bool = True) -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit() or not (0 if allow_zero else 1) <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{str(text)[:80]!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", parse_int(port, f"the port of {str(text)[:80]!r}",
+                                                      lo=0 if allow_zero else 1, hi=65535)
 
 
 def parse_name(text: str) -> str:
@@ -91,9 +104,10 @@ def parse_name(text: str) -> str:
 
 
 def parse_positive(text: Any) -> int:
-    if isinstance(text, bool) or not str(text).isdigit() or int(text) < 1:
+    """A count of slots: 1 to `SLOTS_MAX` (a flag, an env var or a TOML integer)."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
         raise ValueError(f"{text!r} is not a positive integer")
-    return int(text)
+    return parse_int(text.strip() if isinstance(text, str) else text, "the value", lo=1, hi=SLOTS_MAX)
 
 
 def parse_bool(text: Any) -> bool:
@@ -161,15 +175,18 @@ def _one_of(value: Any, choices) -> str:
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, bool) or not re.fullmatch(r"-?[0-9_]+", str(value).strip()):
+    """An integer setting (a count or a bound): 0 to `SETTING_INT_MAX`, through
+    the one bounded number parser (executor/numbers.py)."""
+    if isinstance(value, bool):
         raise ValueError(f"{value!r} is not an integer")
-    return int(str(value).strip())
+    return parse_int(value.strip() if isinstance(value, str) else value, "the value", lo=0, hi=SETTING_INT_MAX)
 
 
 def _number(value: Any) -> float:
+    """A real-valued setting (seconds, multipliers): finite, 0 to `SETTING_FLOAT_MAX`."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
-    return float(value)
+    return parse_float(value.strip() if isinstance(value, str) else value, "the value", lo=0.0, hi=SETTING_FLOAT_MAX)
 
 
 def _field_parser(kind: Any):
@@ -439,7 +456,8 @@ def client_tls_context(ca: str | None) -> ssl.SSLContext:
 def exposure_problem(resolved: NodeSettings, security: Security) -> str | None:
     """Why this peer must not start as configured, or None. A peer listening
     beyond loopback with neither a secret nor a token lets anyone who reaches
-    the port run commands as its user; the dashboard has no authentication."""
+    the port run commands as its user; the dashboard is plain HTTP (its API
+    needs the client token when there is one, sent in clear)."""
     if resolved.value("insecure"):
         return None
     host, _ = parse_hostport(resolved.value("listen"))
@@ -449,8 +467,10 @@ def exposure_problem(resolved: NodeSettings, security: Security) -> str | None:
                 f"(or ${ENV_SECRET}) and --token-file (or ${ENV_TOKEN}), or pass --insecure on a trusted network")
     http = resolved.value("http")
     if http and not _loopback(parse_hostport(http)[0]):
-        return (f"refusing to serve the dashboard on {http}, beyond loopback: it has no authentication and shows "
-                f"every job's command and output. Use a loopback address, or pass --insecure on a trusted network")
+        guard = ("it is plain HTTP, so the client token would cross the network in clear" if security.token
+                 else "without a client token it has no authentication")
+        return (f"refusing to serve the dashboard on {http}, beyond loopback: {guard}, and it shows every job's "
+                f"command and output. Use a loopback address (or a TLS proxy), or pass --insecure on a trusted network")
     return None
 
 

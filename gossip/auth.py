@@ -5,16 +5,18 @@ fuzzers drive it deterministically.
 
 The exchange (after the usual hello line, docs/security.md)::
 
-    initiator -> acceptor   PEERJOBS-PEER/1 <id> <incarnation> <host:port>\\n
+    initiator -> acceptor   PEERJOBS-PEER/1 <id> <incarnation> <host:port> <instance>\\n
                             AUTH <nonce_i: 64 hex>\\n
     acceptor  -> initiator  AUTH <nonce_a: 64 hex> <mac_a: 64 hex>\\n
     initiator -> acceptor   AUTH <mac_i: 64 hex>\\n
-                            then frames: length, payload, 16-byte tag
+    acceptor  -> initiator  <mac_v: 64 hex> <verdict>\\n   (gossip/wire.py: OK ... / ERR name-conflict ...)
+    initiator -> acceptor   then frames: length, payload, 16-byte tag
 
     transcript = len-prefixed(hello line, nonce_i, nonce_a)
     mac_a      = HMAC-SHA256(secret, "peerjobs/1 acceptor"  | transcript)
     mac_i      = HMAC-SHA256(secret, "peerjobs/1 initiator" | transcript)
     key        = HMAC-SHA256(secret, "peerjobs/1 session"   | transcript)
+    mac_v      = HMAC-SHA256(secret, "peerjobs/1 verdict"   | transcript | len-prefixed(verdict))
     frame      = u32 length of (payload + tag) | payload | tag
     tag        = HMAC-SHA256(key, u64 seq | payload)[:16], seq = 0, 1, 2, ... per link
 
@@ -23,7 +25,9 @@ another connection; the labels keep a proof of one role from being reflected
 as the other; the hello line is in the transcript, so the peer id and
 address a link announced are bound to the proof. Frames carry an implicit
 sequence number, so a frame cannot be injected, replayed, dropped or
-reordered without the next tag failing. Every comparison is
+reordered without the next tag failing. The verdict is sealed too: a
+``name-conflict`` makes the peer told so stop, so nobody without the secret
+may forge one. Every comparison is
 ``hmac.compare_digest``. Any failure raises :class:`AuthError` (a
 ``ProtocolError``): the edge counts it and closes the link.
 
@@ -48,6 +52,8 @@ AUTH_LINE_BYTES_MAX = 200
 _LABEL_ACCEPTOR = b"peerjobs/1 acceptor"
 _LABEL_INITIATOR = b"peerjobs/1 initiator"
 _LABEL_SESSION = b"peerjobs/1 session"
+_LABEL_VERDICT = b"peerjobs/1 verdict"
+VERDICT_MAC_HEX = 64
 _SEQ = struct.Struct(">Q")
 _LEN = struct.Struct(">I")
 
@@ -71,6 +77,10 @@ def _transcript(hello: bytes, nonce_i: bytes, nonce_a: bytes) -> bytes:
 
 def _mac(key: bytes, label: bytes, data: bytes) -> bytes:
     return hmac.new(key, label + b"\0" + data, hashlib.sha256).digest()
+
+
+def _verdict_mac(secret: bytes, transcript: bytes, verdict: bytes) -> bytes:
+    return _mac(secret, _LABEL_VERDICT, transcript + _LEN.pack(len(verdict)) + verdict)
 
 
 def _hex(value: bytes) -> bytes:
@@ -164,6 +174,7 @@ class Initiator:
         self._hello = bytes(hello)
         self._nonce = bytes(nonce)
         self._lines = _Lines()
+        self._transcript: bytes | None = None
         self.done = False
         self.sealer: FrameSealer | None = None
 
@@ -186,8 +197,24 @@ class Initiator:
         if not hmac.compare_digest(mac_a, _mac(self._secret, _LABEL_ACCEPTOR, transcript)):
             raise AuthError("the acceptor does not know the cluster secret")
         self.done = True
+        self._transcript = transcript
         self.sealer = FrameSealer(_mac(self._secret, _LABEL_SESSION, transcript))
         return b"AUTH " + _hex(_mac(self._secret, _LABEL_INITIATOR, transcript)) + b"\n"
+
+    def open_verdict(self, line: bytes) -> bytes:
+        """The acceptor's verdict line (``<mac_v> <verdict>\\n``, after the
+        handshake) without its MAC; AuthError unless the MAC is right."""
+        if self._transcript is None:
+            raise AuthError("verdict before the handshake is complete")
+        line = bytes(line).rstrip(b"\n").rstrip(b"\r")
+        mac_hex, _, verdict = line.partition(b" ")
+        try:
+            mac = bytes.fromhex(mac_hex.decode("ascii")) if len(mac_hex) == VERDICT_MAC_HEX else b""
+        except (ValueError, UnicodeDecodeError):
+            mac = b""
+        if not mac or not hmac.compare_digest(mac, _verdict_mac(self._secret, self._transcript, verdict)):
+            raise AuthError("the acceptor's verdict is not sealed with the cluster secret")
+        return verdict + b"\n"
 
 
 class Acceptor:
@@ -231,6 +258,14 @@ class Acceptor:
                 self.leftover = bytes(self._lines.buf)
                 self._lines.buf.clear()
         return out
+
+    def seal_verdict(self, verdict: bytes) -> bytes:
+        """``<mac_v> <verdict>\\n``: the verdict line the initiator checks
+        with ``Initiator.open_verdict``."""
+        if not self.done:
+            raise ValueError("no verdict before the handshake is complete")
+        verdict = bytes(verdict).rstrip(b"\n")
+        return _hex(_verdict_mac(self._secret, self._transcript, verdict)) + b" " + verdict + b"\n"
 
 
 __all__ = ["NONCE_BYTES", "TAG_BYTES", "FRAME_HEADER_BYTES", "AuthError", "Initiator", "Acceptor",

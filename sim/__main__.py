@@ -5,6 +5,7 @@
     python -m sim simulate ...   the deterministic simulation (sim/simulate.py)
     python -m sim bench ...      benchmarks (sim/bench.py)
     python -m sim partition ...  peers in network namespaces, links cut and healed (sim/netns.py; root)
+    python -m sim fuzz ...       hostile input through every door of real peers (sim/fuzz.py)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import sys
 
 COMMANDS = {"demo": "sim.demo", "cluster": "sim.cluster", "simulate": "sim.simulate", "bench": "sim.bench",
-            "partition": "sim.netns"}
+            "partition": "sim.netns", "fuzz": "sim.fuzz"}
 
 
 def main(argv: list[str] | None = None) -> int:

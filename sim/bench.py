@@ -2,6 +2,7 @@
 
     python -m sim.bench submit [--clients 16] [--in-flight 32] [--seconds 5]
     python -m sim.bench throughput [--jobs 5000]
+    python -m sim.bench restart [--jobs 100000]   (sim/restart_bench.py)
 
 `submit` measures durable SUBMIT acks per second and ack latency from many
 concurrent clients, each keeping `--in-flight` submissions outstanding on one
@@ -358,11 +359,15 @@ def main(argv=None) -> int:
     m.add_argument("--kills", type=int, default=5)
     m.add_argument("--idle-s", type=float, default=5.0, help="how long to count idle gossip traffic")
     m.add_argument("--seed", type=int, default=1)
-    for p in (s, t, b, m):
+    r = sub.add_parser("restart", help="kill -9 of a peer with a long queue: time to serve, memory (issue 12)")
+    r.add_argument("--jobs", type=int, default=100_000)
+    for p in (s, t, b, m, r):
         p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
+    from sim.restart_bench import bench_restart
+
     result = {"submit": bench_submit, "throughput": bench_throughput, "balance": bench_balance,
-              "membership": bench_membership}[args.what](args)
+              "membership": bench_membership, "restart": bench_restart}[args.what](args)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -1,7 +1,11 @@
-"""`python -m sim cluster`: real peers on loopback under kill -9 / restart chaos.
+"""`python -m sim cluster`: real peers on loopback under kill -9 / restart chaos,
+pauses, a slow disk or wall-clock steps.
 
     python -m sim cluster --peers 5 --jobs 10000 --job 5 --submit-to all \\
         --chaos kill-restart --kill-every 2 --seed 1
+    python -m sim cluster --peers 3 --jobs 200 --seed 1 --chaos pause --json
+    python -m sim cluster --peers 2 --chaos slow-disk --slow-sync-ms 300 --duration 12 --json
+    python -m sim cluster --peers 3 --jobs 200 --seed 1 --chaos clock-step --kill-every 3 --json
 
 Starts N `peerjobs node` processes (own ports and data dirs in one work dir,
 joined through the first), drives them from many pipelined clients in one trio
@@ -9,13 +13,18 @@ process, SIGKILLs and restarts a seeded-random peer every few seconds, watches
 every peer's PEERS view (membership and load) every 50 ms, waits for every
 acknowledged job to finish, and then checks the whole history Jepsen-style
 (sim/checker.py): nothing acknowledged lost, nothing duplicated, nothing
-unexpected. Exit status 1 when an invariant breaks (the work dir, with each
+unexpected. The other nemeses (sim/nemesis.py): `pause` SIGSTOPs a random
+peer for seconds, `slow-disk` starts peers whose fsyncs sleep (an LD_PRELOAD
+shim, sim/slowsync.c), `clock-step` steps the wall clock of random peers by
+± minutes (libfaketime) and probes that a pending WAIT keeps its time.
+Exit status 1 when an invariant breaks (the work dir, with each
 peer's log, is then kept and its path printed). See docs/chaos.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -31,7 +40,7 @@ from dataclasses import dataclass, field
 import trio
 
 from executor.client import LINES, AsyncClient, Reply
-from sim import checker
+from sim import checker, nemesis
 from sim.bench import free_port
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,14 +79,15 @@ class PeerProc:
 
     def __init__(self, workdir: str, name: str, port: int, slots: int, join: list[str], verbose: bool, *,
                  host: str = "127.0.0.1", prefix: list[str] | None = None, env: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, data: str | None = None) -> None:
         """`prefix` goes before the command line (e.g. `ip netns exec NS`, which
         execs, so the pid is still the peer's); `env` is added to the
-        environment; `extra_args` go after the peer's options."""
+        environment; `extra_args` go after the peer's options; `data`: the
+        data dir (default <workdir>/<name>; a faultfs mount for the disk nemeses)."""
         self.name, self.port, self.slots, self.host = name, port, slots, host
         self.addr = f"{host}:{port}"
         self.prefix, self.env = list(prefix or []), env
-        self.data = os.path.join(workdir, name)
+        self.data = data or os.path.join(workdir, name)
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.cmd = [sys.executable, "-m", "executor.cli", "node", "--data", self.data, "--listen", self.addr,
                     "--name", name, "--slots", str(slots)]
@@ -99,6 +109,15 @@ class PeerProc:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def pause(self) -> bool:
+        """SIGSTOP the peer process (not its jobs); False if it is not running."""
+        return self.running() and nemesis.stop(self.proc.pid)
+
+    def resume(self) -> None:
+        """SIGCONT; harmless on a process that is not stopped."""
+        if self.running():
+            nemesis.cont(self.proc.pid)
 
     def kill9(self) -> None:
         if self.running():
@@ -135,12 +154,18 @@ class ProcessCluster:
     """N peers; `close()` stops every one of them whatever happened."""
 
     def __init__(self, n: int, slots: int, workdir: str, verbose: bool = False,
-                 peers: list[PeerProc] | None = None) -> None:
-        """`peers`: use these (already built) instead of n on loopback ports."""
+                 peers: list[PeerProc] | None = None, *, env: dict[str, dict[str, str]] | None = None,
+                 data: dict[str, str] | None = None) -> None:
+        """`peers`: use these (already built) instead of n on loopback ports;
+        `env`: extra environment of the built peers, by name (the nemeses'
+        LD_PRELOAD shims); `data`: data dirs by name (faultfs mounts)."""
         if peers is None:
+            env = env or {}
             ports = [free_port() for _ in range(n)]
             first = f"127.0.0.1:{ports[0]}"
-            peers = [PeerProc(workdir, f"p{i + 1}", port, slots, [] if i == 0 else [first], verbose)
+            data = data or {}
+            peers = [PeerProc(workdir, f"p{i + 1}", port, slots, [] if i == 0 else [first], verbose,
+                              env=env.get(f"p{i + 1}"), data=data.get(f"p{i + 1}"))
                      for i, port in enumerate(ports)]
         self.peers = peers
         self.by_name = {p.name: p for p in self.peers}
@@ -160,6 +185,8 @@ class ProcessCluster:
     def close(self) -> None:
         if self in _live_clusters:
             _live_clusters.remove(self)
+        for p in self.peers:  # a SIGSTOPped peer would sit on its SIGTERM until the SIGKILL
+            p.resume()
         for p in self.peers:  # SIGTERM all first, then wait: stops in parallel
             if p.running():
                 p.proc.send_signal(signal.SIGTERM)
@@ -224,6 +251,14 @@ class Record:
     kills: list[checker.Kill] = field(default_factory=list)
     down: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     errors: list[str] = field(default_factory=list)
+    pauses: list[tuple[str, float, float]] = field(default_factory=list)  # (peer, SIGSTOP at, SIGCONT at)
+    steps: list[tuple[str, float, int]] = field(default_factory=list)  # (peer, at, new wall offset s)
+    probes: list[dict] = field(default_factory=list)  # WAIT probes across clock steps
+    stats: dict[str, dict[str, str]] = field(default_factory=dict)  # each peer's STATS at the end
+    unasked: list[str] = field(default_factory=list)  # peers that could not be asked at the end
+    exited: list[str] = field(default_factory=list)  # peers that exited without being killed
+    cuts: list[dict] = field(default_factory=list)  # power cuts: peers, at, what each disk dropped
+    fulls: list[tuple[str, float, float]] = field(default_factory=list)  # (peer, disk full at, space back at)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -249,13 +284,24 @@ class Record:
 class Workload:
     """Hands out submission tags to the clients; remembers each outcome."""
 
-    def __init__(self, jobs: int, job: str) -> None:
+    def __init__(self, jobs: int, job: str, *, until=None) -> None:
+        """`until`: None, or a callable that is true while the clients should
+        go on submitting past `jobs` (`--duration`)."""
         self.jobs = jobs
         self.sleep_ms = int(job) if job.strip().isdigit() else None
         self.command = job
         self.next_tag = 0
         self.retry: deque[int] = deque()
         self.busy = 0
+        self.disk_full: dict[str, int] = defaultdict(int)  # SUBMITs refused with ERR disk-full, by peer
+        self.until = until
+
+    def more(self) -> bool:
+        return bool(self.retry) or self.next_tag < self.jobs or self.extra()
+
+    def extra(self) -> bool:
+        """Past `jobs`, and the duration is not over yet."""
+        return self.next_tag >= self.jobs and self.until is not None and self.until()
 
     @property
     def tagged(self) -> bool:
@@ -267,7 +313,7 @@ class Workload:
     def take(self) -> int | None:
         if self.retry:
             return self.retry.popleft()
-        if self.next_tag < self.jobs:
+        if self.next_tag < self.jobs or self.extra():
             self.next_tag += 1
             return self.next_tag - 1
         return None
@@ -286,7 +332,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
     submission (rate limiting)."""
     idx = k % len(targets)
     failures = 0
-    while wl.retry or wl.next_tag < wl.jobs:
+    while wl.more():
         peer = targets[idx]
         try:
             conn = await _open(peer.addr, timeout_s=1.0)
@@ -299,7 +345,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
         failures = 0
         pending: deque[tuple[int, float]] = deque()
         window = trio.Semaphore(in_flight)
-        state = {"done": False, "broken": False}
+        state = {"done": False, "broken": False, "full": False}
         async with trio.open_nursery() as nursery:
 
             async def writer() -> None:
@@ -308,7 +354,7 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
                         await window.acquire()
                         if pace is not None:
                             await pace()
-                        tag = wl.take()
+                        tag = None if state["full"] else wl.take()  # a full peer: send nothing more to it
                         if tag is None:
                             state["done"] = True
                             if not pending:
@@ -345,6 +391,12 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
                         elif reply.code == "busy":
                             wl.busy += 1
                             wl.retry.append(tag)  # nothing was stored: send it again
+                        elif reply.code == "disk-full":
+                            # Nothing was stored either: send it again, to another peer or later
+                            # (this connection ends once its outstanding replies are in).
+                            wl.disk_full[peer.name] += 1
+                            wl.retry.append(tag)
+                            state["full"] = True
                         else:
                             rec.submissions.append(checker.Submission(tag, peer.name, checker.REJECTED))
                             rec.errors.append(f"{peer.name}: ERR {reply.code} {reply.message[:100]}")
@@ -361,10 +413,10 @@ async def _client(k: int, targets: list[PeerProc], wl: Workload, rec: Record, in
             rec.submissions.append(checker.Submission(tag, peer.name, checker.UNKNOWN))
         pending.clear()
         await conn.aclose()
-        if state["broken"]:
+        if state["broken"] or state["full"]:
             if rotate:
                 idx = (idx + 1) % len(targets)
-            await trio.sleep(0.02)
+            await trio.sleep(0.1 if state["full"] else 0.02)
         elif wl.busy and wl.retry:
             await trio.sleep(0.05)
 
@@ -392,25 +444,217 @@ async def _poll_peers(peer: PeerProc, rec: Record, interval_s: float) -> None:
         await trio.sleep(interval_s)
 
 
-async def _chaos(cluster: ProcessCluster, rec: Record, rng: random.Random, args) -> None:
+async def _chaos(cluster: ProcessCluster, rec: Record, rng: random.Random, args, disks: dict | None = None) -> None:
+    """Every gap, kill -9 a random peer and restart it. With `disks` (the
+    power-cut mode), its faultfs loses power at the same moment: the peer is
+    killed first (so that nothing more is written), then the disk drops every
+    write not made durable, then the peer restarts on what the disk kept;
+    with --cut-all every peer loses power at once."""
     while True:
         await trio.sleep(args.kill_every * rng.uniform(0.75, 1.25))
-        victim = rng.choice(cluster.peers)
+        victims = list(cluster.peers) if disks and args.cut_all else [rng.choice(cluster.peers)]
         with trio.CancelScope(shield=True):  # never leave a peer down half-way
+            for victim in victims:  # a peer that stopped by itself must not hide behind the kill
+                if victim.proc is not None and not victim.running():
+                    rec.errors.append(f"{victim.name} exited by itself (status {victim.proc.returncode}; see "
+                                      f"{victim.log_path}) before the kill at {rec.now():.2f}s")
+                    rec.exited.append(victim.name)
             t_kill = rec.now()
-            victim.kill9()
+            for victim in victims:
+                victim.kill9()
+            if disks:
+                dropped = {}
+                for victim in victims:
+                    dropped[victim.name] = await trio.to_thread.run_sync(disks[victim.name].power_cut)
+                rec.cuts.append({"peers": [v.name for v in victims], "t": round(t_kill, 3), "dropped": dropped})
             if args.restart_delay > 0:
                 await trio.sleep(args.restart_delay)
-            victim.spawn()
-            ok = await victim.wait_listening(30.0)
-            t_up = rec.now() if ok else None
-            rec.kills.append(checker.Kill(victim.name, t_kill, t_up))
-            rec.down[victim.name].append((t_kill, t_up if t_up is not None else float("inf")))
-            _say(f"kill -9 {victim.name} at {t_kill:.2f}s; " + (f"listening again after {t_up - t_kill:.2f}s" if ok
-                 else "did not come back"))
-            if not ok:
-                rec.errors.append(f"{victim.name} did not restart after kill (see {victim.log_path})")
+            for victim in victims:
+                victim.spawn()
+            for victim in victims:
+                ok = await victim.wait_listening(30.0)
+                t_up = rec.now() if ok else None
+                rec.kills.append(checker.Kill(victim.name, t_kill, t_up))
+                rec.down[victim.name].append((t_kill, t_up if t_up is not None else float("inf")))
+                _say(f"{'kill -9 + power cut' if disks else 'kill -9'} {victim.name} at {t_kill:.2f}s; "
+                     + (f"listening again after {t_up - t_kill:.2f}s" if ok else "did not come back"))
+                if not ok:
+                    rec.errors.append(f"{victim.name} did not restart after kill (see {victim.log_path})")
+                    return
+
+
+async def _full_chaos(cluster: ProcessCluster, rec: Record, rng: random.Random, args, disks: dict) -> None:
+    """Every gap, fill a random peer's disk: its faultfs budget becomes what
+    is used now plus a reserve below the peer's disk_free_bytes_min (faultfs
+    reports the budget's remainder as free space), for --full-s seconds
+    (±25 %), then the budget is lifted. The lift is in a `finally`, and the
+    run lifts every budget before it checks: no way out leaves a disk full."""
+    while True:
+        await trio.sleep(args.full_every * rng.uniform(0.75, 1.25))
+        victim = rng.choice(cluster.peers)
+        length = args.full_s * rng.uniform(0.75, 1.25)
+        disk = disks[victim.name]
+        used = (await trio.to_thread.run_sync(disk.stats))["used_bytes"]
+        t_full = rec.now()
+        await trio.to_thread.run_sync(disk.set_budget_bytes, used + args.full_reserve_bytes)
+        try:
+            await trio.sleep(length)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(disk.set_budget_bytes, None)
+                t_back = rec.now()
+                rec.fulls.append((victim.name, t_full, t_back))
+                _say(f"disk of {victim.name} full at {t_full:.2f}s ({args.full_reserve_bytes} bytes left), "
+                     f"space back after {t_back - t_full:.2f}s")
+
+
+async def _pause_chaos(cluster: ProcessCluster, rec: Record, rng: random.Random, args) -> None:
+    """Every gap, SIGSTOP a random peer for --pause-s seconds (±25 %), then
+    SIGCONT it. The SIGCONT is in a `finally`, and ProcessCluster.close()
+    continues every peer before stopping it: no way out leaves a peer stopped."""
+    while True:
+        await trio.sleep(args.pause_every * rng.uniform(0.75, 1.25))
+        victim = rng.choice(cluster.peers)
+        length = args.pause_s * rng.uniform(0.75, 1.25)
+        t_stop = rec.now()
+        if not victim.pause():
+            continue
+        try:
+            await trio.sleep(length)
+        finally:
+            victim.resume()
+            t_cont = rec.now()
+            rec.pauses.append((victim.name, t_stop, t_cont))
+            rec.down[victim.name].append((t_stop, t_cont))
+            _say(f"SIGSTOP {victim.name} at {t_stop:.2f}s, SIGCONT after {t_cont - t_stop:.2f}s")
+
+
+_PROBE_TAG0 = 10_000_000  # WAIT probes' submission tags: far above any workload's
+_PROBE_JOB_MS = 1500  # the probe job runs this long, so that its WAIT is pending at the step
+_PROBE_ARM_S = 0.3  # between sending the WAIT and stepping the clock: the peer has read it
+
+
+async def _wait_probe(peer: PeerProc, rec: Record, wl: Workload, tag: int, step_s: int, armed: trio.Event,
+                      wait_s: float) -> None:
+    """Issue 11 case 14: submit a job of 3 s to the peer whose clock is about
+    to step, send `WAIT <id> <wait_s>`, let the step happen (`armed`), and
+    record the answer and how long it took on the harness's monotonic clock.
+    It fails when the answer is `ERR timeout` before `wait_s` has passed, or
+    when no answer comes within `wait_s` + 10 s. The probe job is a recorded
+    submission, so the checker accounts for it like any other."""
+    # ok: True (answered in time), False (ERR timeout early, or no answer on an
+    # open connection), None (inconclusive: the connection broke, e.g. a kill)
+    probe = {"peer": peer.name, "step_s": step_s, "t": round(rec.now(), 3), "job": None, "answer": None,
+             "after_s": None, "ok": None}
+    line = f"SUBMIT sleep {_PROBE_JOB_MS / 1000:g}; echo {tag}" if wl.tagged else str(_PROBE_JOB_MS)
+    outcome = checker.UNKNOWN
+    try:
+        client = await _open(peer.addr, timeout_s=2.0)
+        try:
+            reply = await client.request(line, timeout_s=10.0)
+            if not reply.ok:
+                outcome = checker.REJECTED
+                probe["answer"] = f"submit ERR {reply.code}"
                 return
+            outcome, probe["job"] = checker.ACKED, reply.text.strip()
+            t0 = time.monotonic()
+            await client.send_lines([f"WAIT {probe['job']} {wait_s:g}"])
+            await trio.sleep(_PROBE_ARM_S)
+            armed.set()
+            answer = None
+            with trio.move_on_after(wait_s + 10.0):
+                answer = await client.read()
+            after = time.monotonic() - t0
+            probe["after_s"] = round(after, 3)
+            if answer is None:
+                probe["answer"] = f"no answer within {wait_s + 10:g}s"
+                probe["ok"] = False
+            elif answer.ok:
+                probe["answer"] = " ".join(answer.text.split(" ")[:2])
+                probe["ok"] = True
+            else:
+                probe["answer"] = f"ERR {answer.code}"
+                probe["ok"] = answer.code == "timeout" and after >= wait_s - _PROBE_ARM_S
+        finally:
+            await client.aclose()
+    except (*_CONN_ERRORS, trio.TooSlowError, TimeoutError) as exc:
+        probe["answer"] = f"connection: {exc!r}"[:200]
+    finally:
+        armed.set()
+        rec.submissions.append(checker.Submission(tag, peer.name, outcome, probe["job"]))
+        rec.probes.append(probe)
+        _say(f"WAIT probe at {peer.name} across a {step_s:+d}s step: {probe['answer']} after {probe['after_s']}s")
+
+
+async def _step_chaos(cluster: ProcessCluster, rec: Record, rng: random.Random, args, clocks: dict,
+                      wl: Workload, probes: trio.Nursery) -> None:
+    """Every gap, step the wall clock of a random peer by ±--step-s seconds
+    (its monotonic clock does not move). With --wait-probe, a WAIT is pending
+    at that peer when its clock jumps (`_wait_probe`, run in `probes`, which
+    outlives this task)."""
+    while True:
+        await trio.sleep(args.step_every * rng.uniform(0.75, 1.25))
+        victim = rng.choice(cluster.peers)
+        clock = clocks[victim.name]
+        offset = nemesis.next_offset(clock.offset_s, int(args.step_s), rng.random())
+        if args.wait_probe and victim.running():
+            armed = trio.Event()
+            probes.start_soon(_wait_probe, victim, rec, wl, _PROBE_TAG0 + len(rec.steps), offset - clock.offset_s,
+                              armed, args.wait_probe)
+            with trio.move_on_after(15.0):  # (a paused or restarting peer may be slow to answer the submit)
+                await armed.wait()
+        clock.set(offset)
+        rec.steps.append((victim.name, rec.now(), offset))
+        _say(f"wall clock of {victim.name} stepped to {offset:+d}s at {rec.now():.2f}s")
+
+
+def _shims_loaded(cluster: ProcessCluster) -> dict[str, bool]:
+    """For each peer started with an LD_PRELOAD shim: is it mapped in the
+    running process (/proc/<pid>/maps)? A nemesis that silently did not load
+    would make a run pass for the wrong reason."""
+    out = {}
+    for p in cluster.peers:
+        library = (p.env or {}).get("LD_PRELOAD")
+        if library and p.running():
+            try:
+                with open(f"/proc/{p.proc.pid}/maps") as f:
+                    out[p.name] = os.path.realpath(library) in f.read()
+            except OSError:
+                out[p.name] = False
+    return out
+
+
+def _faults(rec: Record) -> int:
+    return len(rec.kills) + len(rec.pauses) + len(rec.steps) + len(rec.fulls)
+
+
+def _nemesis_env(args, workdir: str, rng: random.Random) -> tuple[dict[str, dict[str, str]], dict, list[str]]:
+    """Each peer's extra environment for the chosen mode, its wall clocks
+    (clock-step), and the slowed peers (slow-disk). Raises
+    nemesis.Unavailable with what to install."""
+    names = [f"p{i + 1}" for i in range(args.peers)]
+    env: dict[str, dict[str, str]] = {}
+    clocks: dict[str, nemesis.WallClock] = {}
+    slow: list[str] = []
+    if args.chaos == "slow-disk":
+        library = nemesis.build_slowsync(workdir)
+        slow = sorted(rng.sample(names, min(args.slow_peers, len(names))))
+        for name in slow:
+            env[name] = nemesis.slowsync_env(library, args.slow_sync_ms)
+    elif args.chaos == "disk-full":
+        for name in names:  # (the peers' own default, 64 MiB, would need a 64 MiB reserve on every fill)
+            env[name] = {"PEERJOBS_DISK_FREE_BYTES_MIN": str(args.disk_free_min_bytes)}
+    elif args.chaos == "clock-step":
+        if args.clock_tool == "shim":
+            library = nemesis.build_wallclock(workdir)
+        else:
+            library = nemesis.libfaketime()
+            if library is None:
+                raise nemesis.Unavailable(nemesis.missing("clock-step", "libfaketime"))
+        for name in names:  # every peer starts at offset 0 under the tool, so that any can be stepped
+            clocks[name] = nemesis.WallClock(workdir, name)
+            env[name] = clocks[name].env(library, args.clock_tool)
+    return env, clocks, slow
 
 
 async def _states(cluster: ProcessCluster, ids: list[str], verb: str = "STATUS") -> dict[str, tuple]:
@@ -514,9 +758,11 @@ async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[
                 await trio.sleep(0.5)
         else:
             rec.errors.append(f"could not ask {peer.name} at the end")
+            rec.unasked.append(peer.name)
             continue
         if probe[0][0] == "ok":
             stats = dict(line.split("=", 1) for line in probe[0][1] if "=" in line)
+            rec.stats[peer.name] = stats
             issued = max(issued, int(stats.get("issued", 0)))
         if probe[1][0] == "ok":
             listed[peer.name] = [line.split(" ", 1)[0] for line in probe[1][1]]
@@ -553,12 +799,38 @@ class Outcome:
 
 async def run(args, workdir: str) -> Outcome:
     rng = random.Random(args.seed)
-    cluster = ProcessCluster(args.peers, args.slots, workdir, args.verbose)
+    # The nemeses draw from their own stream: kill-restart runs replay as before.
+    nem_rng = random.Random(f"nemesis-{args.seed}")
+    env, clocks, slow = _nemesis_env(args, workdir, nem_rng)
+    names = [f"p{i + 1}" for i in range(args.peers)]
+    disks = nemesis.mount_disks(workdir, names, args.fs_names) if args.chaos in nemesis.DISK_MODES else {}
+    try:
+        return await _run(args, workdir, rng, nem_rng, env, clocks, slow, disks)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(nemesis.unmount_disks, disks)
+
+
+async def _run(args, workdir: str, rng: random.Random, nem_rng: random.Random, env: dict, clocks: dict,
+               slow: list[str], disks: dict) -> Outcome:
+    cluster = ProcessCluster(args.peers, args.slots, workdir, args.verbose, env=env,
+                             data={name: nemesis.data_dir(d, name) for name, d in disks.items()})
     rec = Record(time.monotonic())
-    wl = Workload(args.jobs, args.job)
+    until = None
+    if args.duration > 0:
+        def until() -> bool:
+            return rec.first_submit is not None and rec.now() < rec.first_submit + args.duration
+    wl = Workload(args.jobs, args.job, until=until)
+    pace = _pacer(wl, args.rate, 20.0 if args.duration > 0 else 0.0)
+    kills = args.chaos in ("kill-restart", "power-cut") or args.kill_every is not None
+    t_start = t_end = 0.0
+    shims: dict[str, bool] = {}
     try:
         await cluster.start()
         _say(f"{args.peers} peers up in {rec.now():.2f}s: " + " ".join(f"{p.name}={p.addr}" for p in cluster.peers))
+        shims = _shims_loaded(cluster)
+        for name in [n for n, ok in shims.items() if not ok]:
+            rec.errors.append(f"{name}: the LD_PRELOAD shim is not mapped in the peer process: the nemesis did nothing")
         deadline = rec.now() + args.timeout
         timed_out, t_done = False, None
         async with trio.open_nursery() as watchers:
@@ -567,20 +839,34 @@ async def run(args, workdir: str) -> Outcome:
             await _settle(cluster, rec, 10.0)
             t_start = rec.now()
             with trio.move_on_after(args.timeout) as scope:
-                async with trio.open_nursery() as chaos_nursery:
-                    if args.chaos == "kill-restart":
-                        chaos_nursery.start_soon(_chaos, cluster, rec, rng, args)
-                    targets = cluster.peers[:1] if args.submit_to == "one" else cluster.peers
-                    async with trio.open_nursery() as clients:
-                        for k in range(args.clients):
-                            clients.start_soon(_client, k, targets, wl, rec, args.in_flight, args.submit_to == "all")
-                    t_submitted = rec.now()
-                    _say(f"{sum(1 for s in rec.submissions if s.outcome == checker.ACKED)} submissions acknowledged "
-                         f"in {t_submitted - t_start:.2f}s; waiting for them to finish")
+                async with trio.open_nursery() as probes:
+                    async with trio.open_nursery() as chaos_nursery:
+                        if kills:
+                            chaos_nursery.start_soon(_chaos, cluster, rec, rng, args,
+                                                     disks if args.chaos == "power-cut" else None)
+                        if args.chaos == "disk-full":
+                            chaos_nursery.start_soon(_full_chaos, cluster, rec, nem_rng, args, disks)
+                        if args.chaos == "pause":
+                            chaos_nursery.start_soon(_pause_chaos, cluster, rec, nem_rng, args)
+                        elif args.chaos == "clock-step":
+                            chaos_nursery.start_soon(_step_chaos, cluster, rec, nem_rng, args, clocks, wl, probes)
+                        targets = cluster.peers[:1] if args.submit_to == "one" else cluster.peers
+                        async with trio.open_nursery() as clients:
+                            for k in range(args.clients):
+                                clients.start_soon(functools.partial(_client, k, targets, wl, rec, args.in_flight,
+                                                                     args.submit_to == "all", pace=pace))
+                        t_submitted = rec.now()
+                        _say(f"{sum(1 for s in rec.submissions if s.outcome == checker.ACKED)} submissions "
+                             f"acknowledged in {t_submitted - t_start:.2f}s; waiting for them to finish")
+                        t_done = await drain(lambda ids: _states(cluster, ids), rec, deadline)
+                        while args.chaos != "none" and rec.now() < deadline and (
+                                len(rec.kills) < args.min_kills or _faults(rec) < args.min_faults
+                                or (rec.first_submit is not None and rec.now() < rec.first_submit + args.duration)):
+                            await trio.sleep(0.1)
+                        chaos_nursery.cancel_scope.cancel()
+                # the WAIT probes have ended (each is bounded): their jobs must be final too
+                if rec.probes and t_done is not None:
                     t_done = await drain(lambda ids: _states(cluster, ids), rec, deadline)
-                    while args.chaos != "none" and len(rec.kills) < args.min_kills and rec.now() < deadline:
-                        await trio.sleep(0.1)
-                    chaos_nursery.cancel_scope.cancel()
             if scope.cancelled_caught or t_done is None:
                 timed_out = True
                 t_done = None
@@ -589,6 +875,10 @@ async def run(args, workdir: str) -> Outcome:
             if not settled:
                 rec.errors.append("the cluster's views did not all show every peer alive within 15 s after the chaos")
             t_end = rec.now()
+            for p in cluster.peers:  # the harness restarts what it kills: any other exit is the peer's own
+                if not p.running():
+                    rec.exited.append(p.name)
+                    rec.errors.append(f"{p.name} exited by itself (status {p.proc.returncode}; see {p.log_path})")
             observed, listed = await _collect(cluster, rec, wl)
             watchers.cancel_scope.cancel()
     finally:
@@ -596,7 +886,99 @@ async def run(args, workdir: str) -> Outcome:
             cluster.close()
     verdict = checker.check(rec.submissions, observed, listed, tagged=wl.tagged)
     report = _report(args, rec, wl, verdict, observed, t_start, t_done, t_end, timed_out, settled)
-    return Outcome(report, verdict.ok and not timed_out)
+    report.update(_nemesis_report(args, rec, slow, wl.disk_full))
+    report["peers_exited"], report["peers_unasked"] = sorted(set(rec.exited)), rec.unasked
+    report["shims_loaded"] = shims
+    report["ok"] = (report["ok"] and not rec.exited and not rec.unasked and all(shims.values())
+                    and all(t["met"] for t in report.get("targets", {}).values()))
+    return Outcome(report, report["ok"])
+
+
+def _pacer(wl: Workload, rate: float, extra_rate: float):
+    """An async callable that lets `rate` submissions per second through (0:
+    all), and `extra_rate` per second past --jobs while --duration lasts."""
+    state = {"next": None}
+
+    async def pace() -> None:
+        r = rate if rate > 0 else (extra_rate if wl.extra() else 0.0)
+        if r <= 0:
+            return
+        now = trio.current_time()
+        t = now if state["next"] is None else max(state["next"], now)
+        state["next"] = t + 1.0 / r
+        await trio.sleep(t - now)
+
+    return pace
+
+
+def _nemesis_report(args, rec: Record, slow: list[str], wl_refusals: dict | None = None) -> dict:
+    """What the pause / slow-disk / clock-step nemeses did and measured, and
+    the issue's targets where a number decides them (`targets`: value,
+    target, met; a missed target fails the run like a lost job)."""
+    out: dict = {}
+    targets: dict[str, dict] = {}
+    if rec.pauses:
+        lengths = [b - a for _, a, b in rec.pauses]
+        out["pauses"] = len(rec.pauses)
+        # The same membership timings as a kill: suspected / declared dead while
+        # stopped, and alive again (at the incarnation it refutes with) in every view.
+        timings = checker.kill_timings([checker.Kill(p, a, b) for p, a, b in rec.pauses], dict(rec.transitions),
+                                       [f"p{i + 1}" for i in range(args.peers)])
+        out["pause_log"] = [{"peer": p, "t": round(a, 3), "s": round(b - a, 3),
+                             **{k: t[k] for k in ("suspect_first_s", "detect_first_s")},  # (from the SIGSTOP)
+                             "killed": any(k.peer == p and a <= k.t_kill <= b for k in rec.kills),
+                             "alive_after_cont_s": None if t["rejoin_all_s"] is None else
+                             round(t["rejoin_all_s"] - (b - a), 3)}
+                            for (p, a, b), t in zip(rec.pauses, timings)]
+        for entry in out["pause_log"]:  # killed while stopped: its new life answers, not the stopped one
+            if entry["killed"]:
+                entry["alive_after_cont_s"] = None
+        out["pause_max_s"] = round(max(lengths), 3)
+        out["pauses_declared_dead"] = sum(1 for t in timings if t["detect_first_s"] is not None)
+    chaos = getattr(args, "chaos", None)
+    if chaos == "power-cut":
+        out["power_cuts"] = len(rec.cuts)
+        out["fs_names"] = args.fs_names
+        out["cut_log"] = rec.cuts
+    if chaos == "disk-full":
+        out["disk_fulls"] = len(rec.fulls)
+        out["full_log"] = [{"peer": p, "t": round(a, 3), "s": round(b - a, 3)} for p, a, b in rec.fulls]
+        out["disk_full_refusals"] = dict(sorted((wl_refusals or {}).items()))
+    if rec.steps:
+        out["clock_steps"] = len(rec.steps)
+        out["step_log"] = [{"peer": p, "t": round(t, 3), "offset_s": o} for p, t, o in rec.steps]
+    if rec.probes:
+        out["wait_probes"] = rec.probes
+        bad = [p for p in rec.probes if p["ok"] is False]
+        out["wait_probes_inconclusive"] = sum(1 for p in rec.probes if p["ok"] is None)
+        targets["wait_probes_failed"] = {"value": len(bad), "target": 0, "met": not bad}
+    if slow and args.kill_every is None:  # (a kill bumps the incarnation: the targets would mean nothing)
+        per = {}
+        for name in slow:
+            views = [(o, m) for (o, m) in rec.transitions if m == name and o != name]
+            suspect = sum(1 for key in views for _, st, _ in rec.transitions[key] if st == "suspect")
+            dead = sum(1 for key in views for _, st, _ in rec.transitions[key] if st == "dead")
+            incs = [inc for key in views for _, _, inc in rec.transitions[key]]
+            stats = rec.stats.get(name, {})
+            own = int(stats["incarnation"]) if stats.get("incarnation", "").isdigit() else -1
+            others = [rec.stats.get(o, {}) for o in rec.stats if o != name]
+            per[name] = {
+                "sync_ms": args.slow_sync_ms,
+                "suspicions": suspect,  # transitions to suspect in the others' views (PEERS every 50 ms)
+                "declared_dead": dead,
+                "incarnation_max": max(incs + [own]),
+                "refutations": int(stats.get("gossip_refutations", 0) or 0),
+                "pauses_detected": int(stats.get("gossip_pauses_detected", 0) or 0),
+                "others_probes_failed": sum(int(s.get("gossip_probes_failed", 0) or 0) for s in others),
+            }
+        out["slow_disk"] = per
+        suspicions = sum(v["suspicions"] + v["declared_dead"] for v in per.values())
+        inc_max = max(v["incarnation_max"] for v in per.values())
+        targets["slow_peer_suspicions"] = {"value": suspicions, "target": 0, "met": suspicions == 0}
+        targets["slow_peer_incarnation_max"] = {"value": inc_max, "target": 2, "met": 0 < inc_max <= 2}
+    if targets:
+        out["targets"] = targets
+    return out
 
 
 def _report(args, rec: Record, wl: Workload, verdict: checker.Verdict, observed: dict, t_start: float,
@@ -711,8 +1093,44 @@ def _print_report(rep: dict) -> None:
         f"rejoin       alive (new incarnation) in every view: median {f(rep['rejoin_median_s'], ' s')} max "
         f"{f(rep['rejoin_max_s'], ' s')}",
     ]
+    lines += nemesis_lines(rep)
     lines += findings_lines(rep)
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def nemesis_lines(rep: dict) -> list[str]:
+    """The pauses, clock steps, WAIT probes and slow disks of a run, and the
+    issue's targets."""
+    lines = []
+    if rep.get("pauses"):
+        lines.append(f"pauses       {rep['pauses']} SIGSTOPs, longest {rep['pause_max_s']} s; declared dead in some "
+                     f"view during {rep['pauses_declared_dead']}; alive again in every view after SIGCONT: "
+                     + ", ".join(f"{x['alive_after_cont_s']}" for x in rep["pause_log"]) + " s")
+    if rep.get("clock_steps"):
+        lines.append(f"clock steps  {rep['clock_steps']}: " + ", ".join(
+            f"{s['peer']}→{s['offset_s']:+d}s@{s['t']:.1f}" for s in rep["step_log"][:8]))
+    for p in rep.get("wait_probes", []):
+        lines.append(f"WAIT probe   {p['peer']} step {p['step_s']:+d}s: {p['answer']} after {p['after_s']} s"
+                     + {True: "", False: "  <-- FAILED", None: "  (inconclusive)"}[p["ok"]])
+    for name, v in rep.get("slow_disk", {}).items():
+        lines.append(f"slow disk    {name} ({v['sync_ms']} ms per fsync): suspected {v['suspicions']}x, declared dead "
+                     f"{v['declared_dead']}x, incarnation max {v['incarnation_max']}, refutations "
+                     f"{v['refutations']}, pauses detected {v['pauses_detected']}, others' failed probes "
+                     f"{v['others_probes_failed']}")
+    if "power_cuts" in rep:
+        dropped = sum(d.get("dropped_dirty_bytes", 0) for c in rep["cut_log"] for d in c["dropped"].values())
+        lines.append(f"power cuts   {rep['power_cuts']} (faultfs names={rep['fs_names']}): "
+                     + ", ".join(f"{'+'.join(c['peers'])}@{c['t']:.1f}" for c in rep["cut_log"][:8])
+                     + f"; {dropped} unsynced bytes dropped in all")
+    if "disk_fulls" in rep:
+        lines.append(f"disk full    {rep['disk_fulls']}: " + ", ".join(
+            f"{f['peer']}@{f['t']:.1f} for {f['s']}s" for f in rep["full_log"][:8])
+            + f"; SUBMITs refused with disk-full: {rep['disk_full_refusals'] or 'none'}; peers that exited: "
+            + (", ".join(rep.get("peers_exited", [])) or "none"))
+    for name, t in rep.get("targets", {}).items():
+        lines.append(f"target       {name} = {t['value']} (target {'<= ' if 'max' in name else ''}{t['target']}): "
+                     + ("met" if t["met"] else "MISSED"))
+    return lines
 
 
 def verdict_lines(rep: dict) -> list[str]:
@@ -744,6 +1162,13 @@ def is_interrupt(exc: BaseException) -> bool:
         isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None)
 
 
+# The gray-failure and disk modes keep submissions flowing while they act (a
+# fault that hits an idle cluster shows little); kill-restart and none end with
+# the work.
+_DEFAULT_DURATION_S = {"pause": 10.0, "clock-step": 10.0, "slow-disk": 12.0, "disk-full": 8.0,
+                       "power-cut": 8.0}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=3, help="peer processes (default 3)")
@@ -754,10 +1179,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submit-to", choices=("one", "all"), default="all", help="clients talk to p1 only, or spread")
     p.add_argument("--clients", type=int, default=16, help="concurrent client connections (default 16)")
     p.add_argument("--in-flight", type=int, default=32, help="pipelined submissions per client (default 32)")
-    p.add_argument("--chaos", choices=("none", "kill-restart"), default="none")
-    p.add_argument("--kill-every", type=float, default=2.0, help="mean seconds between kills, ±25%% jitter (default 2)")
+    p.add_argument("--chaos", choices=("none", "kill-restart", "pause", "slow-disk", "clock-step", "power-cut",
+                                       "disk-full"), default="none",
+                   help="kill-restart: kill -9 and restart; pause: SIGSTOP/SIGCONT; slow-disk: peers whose fsyncs "
+                        "sleep; clock-step: wall-clock steps of random peers; power-cut: kill -9 and a power cut "
+                        "of the peer's faultfs; disk-full: a random peer's faultfs runs out of space for seconds")
+    p.add_argument("--kill-every", type=float, default=None,
+                   help="mean seconds between kills, ±25%% jitter (default 2 with kill-restart and power-cut; with another "
+                        "--chaos mode, kills happen only when this is given)")
     p.add_argument("--restart-delay", type=float, default=0.0, help="seconds a killed peer stays down (default 0)")
     p.add_argument("--min-kills", type=int, default=0, help="keep the chaos going until this many kills happened")
+    p.add_argument("--min-faults", type=int, default=None,
+                   help="keep the chaos going until this many kills (power cuts), pauses, clock steps and disk "
+                        "fills happened (default 2 with pause and clock-step, 3 with power-cut, 1 with disk-full, "
+                        "else 0)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="keep the chaos and the submissions going at least this many seconds after the first "
+                        "submission (past --jobs at --rate, 20/s if --rate is 0); default 10 with pause and "
+                        "clock-step, 12 with slow-disk, 8 with power-cut and disk-full, else 0")
+    p.add_argument("--rate", type=float, default=0.0, help="submissions per second, all clients together (0: unpaced)")
+    p.add_argument("--pause-every", type=float, default=3.0, help="pause: mean seconds between pauses (default 3)")
+    p.add_argument("--pause-s", type=float, default=3.0, help="pause: seconds a peer stays stopped, ±25%% (default 3)")
+    p.add_argument("--slow-sync-ms", type=int, default=300, help="slow-disk: ms every fsync sleeps (default 300)")
+    p.add_argument("--slow-peers", type=int, default=1, help="slow-disk: how many peers have the slow disk")
+    p.add_argument("--cut-all", action="store_true", help="power-cut: every peer loses power at once")
+    p.add_argument("--fs-names", choices=("dir", "any"), default="dir",
+                   help="power-cut, disk-full: faultfs's model of names: dir (strict POSIX: a create or rename is "
+                        "durable after an fsync of its directory; default) or any (any fsync makes every earlier "
+                        "name durable, as ext4/XFS)")
+    p.add_argument("--full-every", type=float, default=2.0, help="disk-full: mean seconds between fills (default 2)")
+    p.add_argument("--full-s", type=float, default=2.0, help="disk-full: seconds a disk stays full, ±25%% (default 2)")
+    p.add_argument("--disk-free-min-bytes", type=int, default=16 << 20,
+                   help="disk-full: the peers' disk_free_bytes_min (PEERJOBS_DISK_FREE_BYTES_MIN; default 16 MiB)")
+    p.add_argument("--full-reserve-bytes", type=int, default=4 << 20,
+                   help="disk-full: free bytes left on a full disk, below --disk-free-min-bytes (default 4 MiB)")
+    p.add_argument("--step-every", type=float, default=2.0, help="clock-step: mean seconds between steps (default 2)")
+    p.add_argument("--step-s", type=int, default=600, help="clock-step: size of a wall-clock step (default 600)")
+    p.add_argument("--clock-tool", choices=("shim", "libfaketime"), default="shim",
+                   help="clock-step: how a peer's wall clock is stepped: sim/wallclock.c (default) or libfaketime "
+                        "(slows the peer by itself, see docs/chaos.md)")
+    p.add_argument("--wait-probe", type=float, default=30.0,
+                   help="clock-step: at each step a 'WAIT <id> S' is pending at the stepped peer; it must not "
+                        "time out early (default 30; 0: no probe)")
     p.add_argument("--seed", type=int, default=1, help="seeds which peer is killed and when")
     p.add_argument("--timeout", type=float, default=300.0, help="give up on the workload after this many seconds")
     p.add_argument("--workdir", default=None, help="directory for data dirs and logs (default: a new temp dir)")
@@ -772,6 +1235,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.peers < 1 or args.jobs < 0 or args.slots < 1 or args.clients < 1 or args.in_flight < 1:
         print("cluster: --peers, --slots, --clients, --in-flight must be >= 1 and --jobs >= 0", file=sys.stderr)
+        return 2
+    if args.duration is None:
+        args.duration = _DEFAULT_DURATION_S.get(args.chaos, 0.0)
+    if args.min_faults is None:
+        args.min_faults = {"pause": 2, "clock-step": 2, "disk-full": 1, "power-cut": 3}.get(args.chaos, 0)
+    if min(args.duration, args.rate, args.wait_probe, args.slow_sync_ms) < 0 or min(
+            args.pause_every, args.pause_s, args.step_every, args.step_s, args.slow_peers) <= 0:
+        print("cluster: --duration, --rate, --wait-probe, --slow-sync-ms must be >= 0; --pause-every, --pause-s, "
+              "--step-every, --step-s, --slow-peers > 0", file=sys.stderr)
+        return 2
+    if args.kill_every is not None and args.kill_every <= 0:
+        print("cluster: --kill-every must be > 0", file=sys.stderr)
+        return 2
+    if args.chaos == "disk-full" and not (0 <= args.full_reserve_bytes < args.disk_free_min_bytes
+                                          and args.full_every > 0 and args.full_s > 0):
+        print("cluster: disk-full needs 0 <= --full-reserve-bytes < --disk-free-min-bytes, and --full-every, "
+              "--full-s > 0", file=sys.stderr)
+        return 2
+    if args.chaos in ("kill-restart", "power-cut") and args.kill_every is None:
+        args.kill_every = 2.0
+    why = nemesis.missing(args.chaos, args.clock_tool)
+    if why:
+        print(f"cluster: {why}", file=sys.stderr)
         return 2
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)

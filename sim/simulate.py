@@ -32,6 +32,12 @@ The edge mirrors node.py's semantics:
   a link broken by a fault is dropped and the sender hears `PeerUnreachable`
   (only if it named the peer, as links.py does); a failed link drops sends for
   a 50 ms back-off (links.py's `_RECONNECT_BACKOFF_S`).
+* Gray failures (issue 11): a *paused* peer (SIGSTOP) handles nothing for a
+  while — every heap entry and message for it waits, in order, until it
+  resumes; a *slow disk* makes one peer's syncs take 100-500 ms for a while;
+  every peer has its own *wall clock* (`wall = now + offset`, stepped by
+  ±minutes), which the cores get only for display (`handle(event, now,
+  wall)`): `now`, monotonic, drives every deadline.
 
 Safety invariants are checked after every step and at every durable write
 (see `_check_touched`, `_check_safe`, `_check_step`); the liveness phase then
@@ -47,9 +53,7 @@ import argparse
 import hashlib
 import heapq
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -69,6 +73,7 @@ from executor.core import (
     PeerUnreachable,
     Reply,
     ReplyResult,
+    read_result,
     Send,
     StartJob,
     Tick,
@@ -81,13 +86,24 @@ from storage.store import MemoryStore
 
 # Heap entry kinds. An entry is (time, serial, kind, a, b, c); the serial
 # breaks ties in insertion order, which keeps links FIFO and runs deterministic.
-_EVENT, _TICK, _SYNC, _MSG, _JOB, _SUBMIT, _CRASH, _RESTART, _PARTITION, _HEAL, _BREAK, _SAMPLE, _PHASE = range(13)
+(_EVENT, _TICK, _SYNC, _MSG, _JOB, _SUBMIT, _CRASH, _RESTART, _PARTITION, _HEAL, _BREAK, _SAMPLE, _PHASE, _PAUSE,
+ _SLOW_DISK, _CLOCK_STEP) = range(16)
+# Entries a paused peer would handle: they wait (in order) until it resumes.
+_PEER_KINDS = frozenset((_EVENT, _TICK, _SYNC, _JOB))
 
 _TICK_EVENT = Tick()
 _RECONNECT_BACKOFF_S = 0.05  # executor/links.py: a failed link drops frames this long
 _SAMPLE_INTERVAL_S = 0.05  # load imbalance sampling period
 _JOB_PREFIXES = (layout.JOB, layout.HELD, layout.OUTBOX)
 _FINAL_STATES = ("done", "failed", "cancelled")
+# Wall clocks: a realistic epoch (so that a core mixing up its two clocks is
+# off by decades, not by a few seconds), a per-peer skew, ±minutes steps.
+_WALL_EPOCH_S = 1_800_000_000.0
+_WALL_SKEW_S_MAX = 120.0
+_CLOCK_STEP_S = (60.0, 600.0)
+_PAUSE_S = (0.5, 4.0)  # a SIGSTOPped peer, as `sim cluster --chaos pause`
+_SLOW_DISK_S = (0.5, 3.0)  # how long a peer's disk stays slow
+_SLOW_DISK_SYNC_S = (0.1, 0.5)  # each of its syncs meanwhile (issue 11 case 13: 300 ms)
 
 
 class InvariantViolation(AssertionError):
@@ -108,6 +124,9 @@ class Options:
     liveness_s: float = 60.0
     wire: bool | None = None  # None: on for small runs
     slow_syncs: float = 0.01  # share of fsyncs that stall 50-500 ms (during the fault phase too: a fault)
+    pause_every_s: float = 3.0  # mean virtual seconds between pauses of a peer (0: none)
+    slow_disk_every_s: float = 3.0  # mean virtual seconds between a peer's disk turning slow for a while (0: none)
+    clock_step_every_s: float = 1.5  # mean virtual seconds between wall-clock steps of a peer (0: none)
     long_jobs: float = 0.05  # share of jobs sleeping 100-1000 ms (the rest 0-50 ms)
     trace: bool = False
     check_membership: str = "auto"  # full: validate_state() every step; period: once per peer per probe period
@@ -127,7 +146,9 @@ class Options:
             f"--submit-to {self.submit_to}", f"--crash-every {self.crash_every_s:g}",
             f"--partition-every {self.partition_every_s:g}", f"--break-every {self.break_every_s:g}",
             f"--duration {self.duration_s:g}", f"--liveness-s {self.liveness_s:g}",
-            f"--long-jobs {self.long_jobs:g}", f"--slow-syncs {self.slow_syncs:g}", "--wire" if self.wire_on() else "--no-wire",
+            f"--long-jobs {self.long_jobs:g}", f"--slow-syncs {self.slow_syncs:g}",
+            f"--pause-every {self.pause_every_s:g}", f"--slow-disk-every {self.slow_disk_every_s:g}",
+            f"--clock-step-every {self.clock_step_every_s:g}", "--wire" if self.wire_on() else "--no-wire",
         ]
         return " ".join(parts)
 
@@ -163,6 +184,9 @@ class _Peer:
         self.down_since = 0.0
         self.next_validate_at = 0.0
         self.sent = Counter()
+        self.paused_until = 0.0  # stopped (SIGSTOP) until then: its entries wait
+        self.slow_until = 0.0  # its disk is slow until then
+        self.wall_offset = _WALL_EPOCH_S  # wall = now + this; kept across crashes (it is the machine's clock)
 
 
 @dataclass
@@ -197,6 +221,10 @@ class Report:
     crashes: int = 0
     partitions: int = 0
     breaks: int = 0
+    pauses: int = 0
+    slow_disks: int = 0
+    clock_steps: int = 0
+    deferred: int = 0  # entries that waited for a paused peer
     imbalance_fault_avg: float = 0.0
     imbalance_liveness_avg: float = 0.0
     imbalance_busy_avg: float = 0.0
@@ -222,6 +250,8 @@ class Simulation:
         self.disk_rng = random.Random(master.getrandbits(64))
         self.peer_rng = random.Random(master.getrandbits(64))
         self.client_rng = random.Random(master.getrandbits(64))
+        # Drawn last: the streams above are the same as before the nemeses existed.
+        self.nemesis_rng = random.Random(master.getrandbits(64))
         self.heap: list = []
         self.serial = 0
         self.now = 0.0
@@ -229,6 +259,8 @@ class Simulation:
         self.report = Report(seed=opts.seed, command=opts.command(), peers=opts.peers, jobs=opts.jobs, wire=self.wire)
         addrs = [f"sim:{i + 1}" for i in range(opts.peers)]
         self.peers = [_Peer(i, f"n{i + 1}", addrs[i], [a for a in addrs[:3] if a != addrs[i]]) for i in range(opts.peers)]
+        for p in self.peers:
+            p.wall_offset = _WALL_EPOCH_S + self.nemesis_rng.uniform(-_WALL_SKEW_S_MAX, _WALL_SKEW_S_MAX)
         self.by_addr = {p.addr: p.idx for p in self.peers}
         self.by_name = {p.name: p.idx for p in self.peers}
         self.links: dict[tuple[int, str], _Link] = {}
@@ -289,6 +321,11 @@ class Simulation:
             self._push(self.fault_rng.expovariate(1 / opts.partition_every_s), _PARTITION)
         if opts.break_every_s > 0:
             self._push(self.fault_rng.expovariate(1 / opts.break_every_s), _BREAK)
+        nem = self.nemesis_rng
+        for kind, every in ((_PAUSE, opts.pause_every_s), (_SLOW_DISK, opts.slow_disk_every_s),
+                            (_CLOCK_STEP, opts.clock_step_every_s)):
+            if every > 0:
+                self._push(nem.expovariate(1 / every), kind)
         self._push(_SAMPLE_INTERVAL_S, _SAMPLE)
         self._push(opts.duration_s, _PHASE)
         deadline = opts.duration_s + opts.liveness_s
@@ -302,6 +339,11 @@ class Simulation:
                 break
             self.now = at
             self.report.events += 1
+            if kind in _PEER_KINDS and peers[a].paused_until > at and peers[a].epoch == b:
+                # Stopped: it handles nothing; everything for it waits, in order, until it resumes.
+                self.report.deferred += 1
+                self._push(peers[a].paused_until, kind, a, b, c)
+                continue
             if kind == _TICK:
                 peer = peers[a]
                 if peer.epoch == b and peer.up:
@@ -342,6 +384,12 @@ class Simulation:
                 self._fault_break()
             elif kind == _PHASE:
                 self._end_fault_phase()
+            elif kind == _PAUSE:
+                self._fault_pause()
+            elif kind == _SLOW_DISK:
+                self._fault_slow_disk()
+            elif kind == _CLOCK_STEP:
+                self._fault_clock_step()
             if self.converged_at is None and not self.fault_phase and len(self.final) == opts.jobs:
                 self.converged_at = self.now
                 break
@@ -354,13 +402,17 @@ class Simulation:
     def _step(self, peer: _Peer, event) -> None:
         core = peer.core
         now = self.now
-        core.handle(event, now)
+        core.handle(event, now, now + peer.wall_offset)
         self.report.steps += 1
         if self.opts.trace:
             self.out.write(f"{now!r} {peer.idx} {event!r}\n")
         if self.opts.hash_trace:
             self.hash.update(f"{now!r} {peer.idx} {_digest(event)}\n".encode())
         writes, actions = core.take()
+        try:
+            core.validate_state()
+        except AssertionError as exc:
+            raise InvariantViolation(f"{peer.name}: {exc}") from None
         pending = peer.pending_actions
         for action in actions:
             kind = type(action)
@@ -371,6 +423,8 @@ class Simulation:
             elif kind is Log:
                 if self.opts.trace:
                     self.out.write(f"{now!r} {peer.idx} log {action.text}\n")
+            elif kind is Send and not getattr(action, "wait_sync", True):
+                self._send(peer, action)  # membership: never waits behind the disk (executor.core.is_immediate)
             else:
                 pending.append(action)
         if writes:
@@ -386,7 +440,9 @@ class Simulation:
             peer.syncing = True
             peer.in_sync = (writes, actions)
             rng = self.disk_rng
-            if self.fault_phase and self.opts.slow_syncs > 0 and rng.random() < self.opts.slow_syncs:
+            if self.now < peer.slow_until:
+                delay = rng.uniform(*_SLOW_DISK_SYNC_S)  # this peer's disk is slow for a while (a fault)
+            elif self.fault_phase and self.opts.slow_syncs > 0 and rng.random() < self.opts.slow_syncs:
                 delay = rng.uniform(0.05, 0.5)  # a stalled disk (a fault)
             else:
                 delay = rng.uniform(0.0002, 0.002)
@@ -491,7 +547,7 @@ class Simulation:
         n = peer.clients.pop(reply.token, None)
         if n is None:
             raise InvariantViolation(f"{peer.name}: reply for a request it never got: {reply!r}")
-        data = reply.data if type(reply) is Reply else reply.header
+        data = reply.data if type(reply) is Reply else read_result(peer.store, reply.job_id)
         if not data.startswith(b"OK "):
             self.report.submit_retries += 1
             self._push(self.now + self.client_rng.uniform(0.05, 0.2), _SUBMIT, n)
@@ -582,6 +638,11 @@ class Simulation:
         if src.epoch != src_epoch or dst.epoch != dst_epoch or not dst.up:
             self.dropped["in-flight"] += 1
             return
+        if dst.paused_until > self.now:
+            # TCP takes it into the socket buffer; the stopped peer reads it when it resumes.
+            self.report.deferred += 1
+            self._push(dst.paused_until, _MSG, link, link_epoch, c)
+            return
         if self._is_cut(src.idx, dst.idx):
             self.dropped["partition"] += 1
             self._fail_link(link, self.net_rng.uniform(0.001, 0.2))
@@ -622,6 +683,8 @@ class Simulation:
         peer.up = False
         peer.epoch += 1
         peer.down_since = self.now
+        peer.paused_until = 0.0  # (a kill -9 of a stopped process: nothing of it resumes)
+        peer.slow_until = 0.0
         peer.store.crash()
         peer.core = None
         peer.jobs.clear()
@@ -654,7 +717,7 @@ class Simulation:
         rng = self.peer_rng
         cluster = Cluster(peer.name, peer.addr, snap.incarnation, self.config, random.Random(rng.getrandbits(64)), now)
         peer.core = PeerCore(peer.name, self.config, self.opts.slots, random.Random(rng.getrandbits(64)),
-                             snap, now, cluster=cluster)
+                             snap, now, cluster=cluster, wall=now + peer.wall_offset)
         # As node.py: the join's output waits in the core for the first batch.
         peer.core.handle_join(peer.seeds, snap.peers, now)
         peer.up = True
@@ -691,6 +754,54 @@ class Simulation:
         if link.open:
             self.report.breaks += 1
             self._fail_link(link, rng.uniform(0.0005, 0.05))
+
+    def _fault_pause(self) -> None:
+        """SIGSTOP one live peer for 0.5-4 s: its ticks, job exits, syncs,
+        client requests and incoming messages all wait until it resumes (the
+        main loop re-queues them), and it sends nothing meanwhile. It then
+        handles everything queued, with whatever its timers now say."""
+        if not self.fault_phase:
+            return
+        rng = self.nemesis_rng
+        self._push(self.now + rng.expovariate(1 / self.opts.pause_every_s), _PAUSE)
+        running = [p for p in self.peers if p.up and p.paused_until <= self.now]
+        if not running:
+            return
+        peer = running[rng.randrange(len(running))]
+        peer.paused_until = self.now + rng.uniform(*_PAUSE_S)
+        self.report.pauses += 1
+        if self.opts.trace:
+            self.out.write(f"{self.now!r} {peer.idx} PAUSE until {peer.paused_until!r}\n")
+
+    def _fault_slow_disk(self) -> None:
+        """One peer's disk turns slow for 0.5-3 s: each of its syncs takes
+        100-500 ms meanwhile."""
+        if not self.fault_phase:
+            return
+        rng = self.nemesis_rng
+        self._push(self.now + rng.expovariate(1 / self.opts.slow_disk_every_s), _SLOW_DISK)
+        peer = self.peers[rng.randrange(len(self.peers))]
+        peer.slow_until = self.now + rng.uniform(*_SLOW_DISK_S)
+        self.report.slow_disks += 1
+        if self.opts.trace:
+            self.out.write(f"{self.now!r} {peer.idx} SLOW DISK until {peer.slow_until!r}\n")
+
+    def _fault_clock_step(self) -> None:
+        """One peer's wall clock jumps by ±1-10 minutes (its monotonic clock,
+        the simulation's `now`, does not): it shows only in the records'
+        wall-clock fields; every deadline must be unaffected."""
+        if not self.fault_phase:
+            return
+        rng = self.nemesis_rng
+        self._push(self.now + rng.expovariate(1 / self.opts.clock_step_every_s), _CLOCK_STEP)
+        peer = self.peers[rng.randrange(len(self.peers))]
+        step = rng.uniform(*_CLOCK_STEP_S) * (1 if rng.random() < 0.5 else -1)
+        if abs(peer.wall_offset + step - _WALL_EPOCH_S) > 2 * _CLOCK_STEP_S[1]:
+            step = -step  # keep the skew within ±20 minutes
+        peer.wall_offset += step
+        self.report.clock_steps += 1
+        if self.opts.trace:
+            self.out.write(f"{self.now!r} {peer.idx} CLOCK STEP {step:+.3f}s\n")
 
     def _end_fault_phase(self) -> None:
         """Faults stop: every crashed peer restarts, the partition heals."""
@@ -879,6 +990,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-syncs", type=float, default=0.01, metavar="SHARE",
                    help="share of fsyncs that stall 50-500 ms instead of 0.2-2 ms")
     p.add_argument("--long-jobs", type=float, default=0.05, help="share of jobs sleeping 100-1000 ms")
+    p.add_argument("--pause-every", type=float, default=3.0, metavar="SECONDS",
+                   help="mean virtual seconds between pauses: a peer handles nothing for 0.5-4 s (0: none)")
+    p.add_argument("--slow-disk-every", type=float, default=3.0, metavar="SECONDS",
+                   help="mean virtual seconds between a peer's disk turning slow (syncs of 100-500 ms for "
+                        "0.5-3 s; 0: none)")
+    p.add_argument("--clock-step-every", type=float, default=1.5, metavar="SECONDS",
+                   help="mean virtual seconds between wall-clock steps of ±1-10 min of a peer (0: none)")
     p.add_argument("--wire", dest="wire", action="store_true", default=None,
                    help="encode and decode every message with gossip.wire (default when peers*jobs <= 200000)")
     p.add_argument("--no-wire", dest="wire", action="store_false")
@@ -892,18 +1010,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    # str hashes are salted per process and the cores iterate sets of job ids,
-    # so a replay in another process needs the same salt: run under
-    # PYTHONHASHSEED=0 (in a child process if this one was started without it).
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        argv = sys.argv[1:] if argv is None else argv
-        return subprocess.run([sys.executable, "-m", "sim", "simulate", *argv], env=env).returncode
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     opts = Options(
         peers=args.peers, jobs=args.jobs, seed=seed, slots=args.slots, submit_to=args.submit_to,
         crash_every_s=args.crash_every, partition_every_s=args.partition_every, break_every_s=args.break_every,
         duration_s=args.duration, liveness_s=args.liveness_s, wire=args.wire, long_jobs=args.long_jobs, slow_syncs=args.slow_syncs,
+        pause_every_s=args.pause_every, slow_disk_every_s=args.slow_disk_every,
+        clock_step_every_s=args.clock_step_every,
         trace=args.trace, check_membership=args.check_membership,
     )
     report = simulate(opts)
@@ -925,7 +1038,8 @@ def format_report(r: Report) -> str:
         f"  peers {r.peers}, jobs {r.jobs} (acked {r.jobs_acked}, final {r.jobs_final}, done {r.jobs_done})",
         f"  virtual {r.virtual_s:.2f} s (faults {r.fault_phase_s:g} s, converged {conv} s after, bound "
         f"{r.liveness_bound_s:g} s); wall {r.wall_s:.2f} s",
-        f"  faults: {r.crashes} crashes, {r.partitions} partitions, {r.breaks} link breaks",
+        f"  faults: {r.crashes} crashes, {r.partitions} partitions, {r.breaks} link breaks, {r.pauses} pauses "
+        f"({r.deferred} entries waited), {r.slow_disks} slow disks, {r.clock_steps} wall-clock steps",
         f"  starts {r.starts}, re-executions (attempt > 1) {r.reexecutions}, "
         f"jobs run more than once {r.jobs_run_more_than_once}",
         f"  events {r.events}, core steps {r.steps}, syncs {r.syncs}, submit retries {r.submit_retries}",

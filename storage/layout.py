@@ -11,8 +11,12 @@ remember across a crash is here:
     q/<job-id>     a job this peer holds to run, whatever its home
     x/<job-id>     outbox: a result waiting for its home's ack
     p/<peer-id>    a member this peer knew, to rejoin through after a restart
-    r/<job-id>     pid of a job process running now (unsynced: a hint that lets a
-                   restarted peer kill the orphans of its previous life)
+    m/instance     a random id made once per data directory: tells a restart of
+                   this peer (same instance) from another peer started under the
+                   same name with another data directory (docs/membership.md)
+    r/<job-id>     the session of a job process running now: {pid, start, boot}
+                   (executor/runner.py), synced before the job's command runs,
+                   so a restarted peer can kill the orphans of its previous life
 
 Decoding is strict: a value that is not what we wrote means the store is
 corrupt, and the caller reports it as such (`StoreCorrupt`).
@@ -20,7 +24,8 @@ corrupt, and the caller reports it as such (`StoreCorrupt`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import cbor2
@@ -30,6 +35,7 @@ from storage.store import Store, StoreCorrupt
 META_ID = b"m/id"
 META_INCARNATION = b"m/incarnation"
 META_SEQ = b"m/seq"
+META_INSTANCE = b"m/instance"
 JOB = b"j/"
 OUTPUT = b"o/"
 HELD = b"q/"
@@ -55,15 +61,39 @@ def decode(data: bytes, what: str) -> object:
 
 @dataclass
 class Snapshot:
-    """Everything read back from a store at start-up, as plain values."""
+    """What a store holds at start-up: identity and peers as plain values,
+    and the (possibly huge) job tables as iterators over the store, so that
+    recovery builds its objects one record at a time and never holds all of
+    them decoded at once (a restart's peak memory is its steady memory)."""
 
     peer_id: str | None = None
     incarnation: int = 0
     next_seq: int = 1
-    jobs: list[dict] = field(default_factory=list)
-    held: list[dict] = field(default_factory=list)
-    outbox: list[dict] = field(default_factory=list)
     peers: dict[str, str] = field(default_factory=dict)
+    instance: str | None = None
+    store: Store | None = None
+
+    def jobs(self) -> Iterator[dict]:
+        """Home records (j/), in key order."""
+        return self._scan(JOB)
+
+    def held(self) -> Iterator[dict]:
+        """Jobs held to run (q/), in key order."""
+        return self._scan(HELD)
+
+    def outbox(self) -> Iterator[dict]:
+        """Results waiting for their homes' acks (x/)."""
+        return self._scan(OUTBOX)
+
+    def _scan(self, prefix: bytes) -> Iterator[dict]:
+        if self.store is None:
+            return
+        loads = cbor2.loads
+        for key, value in self.store.scan(prefix):
+            try:
+                yield loads(value)
+            except Exception as exc:  # cbor2 raises several types on bad input
+                raise StoreCorrupt(f"cannot decode {key.decode(errors='replace')}: {exc}") from None
 
 
 def _values(store: Store, prefix: bytes) -> Iterator[tuple[str, object]]:
@@ -80,25 +110,35 @@ def load(store: Store) -> Snapshot:
     raw = store.get(META_INCARNATION)
     if raw is not None:
         snap.incarnation = int(decode(raw, "incarnation"))
+    raw = store.get(META_INSTANCE)
+    if raw is not None:
+        snap.instance = raw.decode()
     raw = store.get(META_SEQ)
     if raw is not None:
         snap.next_seq = int(decode(raw, "sequence"))
-    snap.jobs = [v for _, v in _values(store, JOB)]
-    snap.held = [v for _, v in _values(store, HELD)]
-    snap.outbox = [v for _, v in _values(store, OUTBOX)]
+    snap.store = store
     snap.peers = {name: str(v) for name, v in _values(store, PEER)}
     return snap
 
 
-def start(store: Store, make_id: str) -> Snapshot:
-    """Read the snapshot, fix the peer id on first start and bump the
+def new_instance() -> str:
+    """A data directory's instance id: 64 random bits, hex."""
+    return os.urandom(8).hex()
+
+
+def start(store: Store, make_id: str, make_instance: Callable[[], str] = new_instance) -> Snapshot:
+    """Read the snapshot, fix the peer id and the instance id on first start
+    (a data directory from before instance ids gets one now) and bump the
     incarnation; synced before the peer says anything to anybody."""
     snap = load(store)
     if snap.peer_id is None:
         snap.peer_id = make_id
+    if snap.instance is None:
+        snap.instance = make_instance()
     snap.incarnation += 1
     store.write(
-        [(META_ID, snap.peer_id.encode()), (META_INCARNATION, encode(snap.incarnation))],
+        [(META_ID, snap.peer_id.encode()), (META_INCARNATION, encode(snap.incarnation)),
+         (META_INSTANCE, snap.instance.encode())],
         sync=True,
     )
     return snap

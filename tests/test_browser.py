@@ -62,3 +62,32 @@ def test_dashboard_shows_peers_and_a_job(tmp_path):
     finally:
         b.stop()
         a.stop()
+
+
+def test_dashboard_carries_the_client_token_from_the_url_fragment(tmp_path):
+    """With a client token the API needs `Authorization: Bearer`; the page
+    takes the token from `/#token=...`, keeps it for the tab and sends it on
+    every request. Without it, the page asks for it and shows no data."""
+    token = "browser-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    a = PeerProcess(tmp_path, name="tok1", slots=1, extra=["--http", f"127.0.0.1:{port}", "--token-file", str(token_file)])
+    a.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base)
+        with Client(a.addr, token=token) as c:
+            job = c.submit("echo token-check-output")
+            c.wait(job, timeout_s=10)
+        dom = chromium(tmp_path, f"{base}/#token={token}&job={job}", "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        for text in ("tok1", job, "echo token-check-output", "token-check-output\n", "alive"):
+            assert text in dom.stdout, f"{text!r} not on the page"
+        assert token not in dom.stdout  # used, not shown
+        refused = chromium(tmp_path / "fresh", f"{base}/#job={job}", "--dump-dom")  # a new profile: no token
+        assert refused.returncode == 0, refused.stderr[-2000:]
+        assert "needs its client token" in refused.stdout and "token-check-output\n" not in refused.stdout
+    finally:
+        a.stop()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from executor.config import Config
-from executor.core import ClientClosed, JobExited, KillJob, ReplyResult
+from executor.core import ClientClosed, JobExited, KillJob, ReplyResult, read_result
 from executor.jobs import JobState
 from executor.protocol import Cancel, JobSpec, ListJobs, Result, Status, Submit, Wait
 from tests.conftest import CoreHarness, replies, starts
@@ -41,7 +41,25 @@ def test_job_runs_and_result_is_kept(harness):
     assert line.startswith(b"OK n1-1 done attempt=1 executor=n1 exit=0")
     (action,) = harness.step(harness.request(Result(job)))
     assert isinstance(action, ReplyResult)
-    assert action.header.startswith(b"OK n1-1 done exit=0 stdout=3 stderr=0")
+    reply = read_result(harness.store, action.job_id)
+    assert reply.startswith(b"OK n1-1 done exit=0 stdout=3 stderr=0") and reply.endswith(b"\nhi\n\n")
+
+
+def test_result_header_and_body_come_from_one_read_even_when_the_record_is_forgotten_meanwhile():
+    # records_retained_max = 1: finishing a second job forgets the first, in
+    # the same batch as a RESULT of the first. The reply is read after that
+    # batch's sync, from one read: a clear not-found, never a header whose body
+    # is gone (which desynced the client's stream).
+    h = CoreHarness(config=dataclasses.replace(Config.simulation(), records_retained_max=1))
+    first, _ = submit(h)
+    h.step(JobExited(first, 1, 0, None, b"first\n", b""))
+    second, _ = submit(h)
+    actions = h.step(h.request(Result(first)), JobExited(second, 1, 0, None, b"second\n", b""))
+    (action,) = [a for a in actions if isinstance(a, ReplyResult)]
+    assert read_result(h.store, action.job_id).startswith(b"ERR not-found job n1-1 was forgotten")
+    (action,) = h.step(h.request(Result(second)))
+    assert read_result(h.store, action.job_id) == (
+        b"OK n1-2 done exit=0 stdout=7 stderr=0 attempt=1 executor=n1 truncated=no\nsecond\n\n")
 
 
 def test_result_before_finish_is_an_error(harness):
@@ -241,6 +259,10 @@ class SinglePeer(RuleBasedStateMachine):
     @invariant()
     def slots_respected(self):
         assert len(self.h.core.running) <= 2
+
+    @invariant()
+    def memory_is_consistent(self):
+        self.h.core.validate_state()
 
     def teardown(self):
         # Liveness: with no more faults, everything acknowledged finishes.

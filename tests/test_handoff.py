@@ -59,6 +59,7 @@ from executor.core import (
     PeerUnreachable,
     Reply,
     ReplyResult,
+    read_result,
     Send,
     StartJob,
     Tick,
@@ -170,7 +171,7 @@ class World:
             elif kind is Reply:
                 replies.append(action.data)
             elif kind is ReplyResult:
-                replies.append(action.header)
+                replies.append(read_result(self.peers[name].store, action.job_id))
         return replies
 
     def _send(self, sender: str, send: Send) -> None:
@@ -506,6 +507,9 @@ class ThreePeers(RuleBasedStateMachine):
     @invariant()
     def invariants(self):
         self.w.check()
+        for peer in self.w.peers.values():
+            if peer.up:
+                peer.core.validate_state()
 
     def teardown(self):
         w = getattr(self, "w", None)

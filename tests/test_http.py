@@ -138,3 +138,98 @@ def test_http_port_in_use_is_one_clear_line(tmp_path, web):
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"peerjobs: cannot serve HTTP on 127.0.0.1:{busy}: Address already in use"
+
+
+# ---------------------------------------------------------------------------
+# Issue 11, case 3: no string from an HTTP request reaches the line protocol,
+# and with a client token the JSON API needs it.
+
+TOKEN = "http-token-0123456789abcdef"
+
+
+def get_with(url: str, token: str | None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.headers.get("content-type", ""), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type", ""), exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("guarded")
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    p = PeerProcess(tmp, name="g1", slots=2, extra=["--http", f"127.0.0.1:{port}", "--token-file", str(token_file)])
+    p.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base)
+    yield p, base, tmp
+    p.stop()
+
+
+def test_http_job_path_with_newlines_runs_nothing_even_with_the_token(guarded):
+    p, base, tmp = guarded
+    target = tmp / "pwned"
+    touch = f"touch%20{target}"
+    paths = [f"/api/jobs/x%0ASUBMIT%20{touch}", f"/api/jobs/x%0D%0ASUBMIT%20{touch}",
+             f"/api/jobs/x%0AAUTH%20{TOKEN}%0ASUBMIT%20{touch}", f"/api/jobs/g1-1%0ASUBMIT%20{touch}",
+             f"/api/jobs/x%250ASUBMIT%20{touch}", f"/api/jobs/g1-{'9' * 5000}"]
+    for path in paths:
+        status, _, body = get_with(base + path, TOKEN)
+        assert status == 400 and json.loads(body)["error"] == "bad-id", path[:60]
+        assert get_with(base + path, None)[0] == 401
+    with Client(p.addr, token=TOKEN) as c:
+        # A job after the attack: by the time it is done, anything smuggled
+        # before it would have been submitted too.
+        job = c.submit("echo after")
+        c.wait(job, timeout_s=10)
+        assert c.stats()["jobs_submitted"] == 1
+    assert not target.exists()
+    status, _, body = get_with(base + f"/api/jobs/{job}", TOKEN)
+    assert status == 200 and json.loads(body)["stdout"] == "after\n"
+
+
+def test_http_api_needs_the_bearer_token_when_the_peer_has_one(guarded):
+    _, base, _ = guarded
+    for path in ("/api/cluster", "/api/history", "/api/jobs", "/api/jobs/g1-1"):
+        status, ctype, body = get_with(base + path, None)
+        assert status == 401 and ctype == "application/json" and json.loads(body)["error"] == "auth-required", path
+        assert get_with(base + path, TOKEN[:-1] + "x")[0] == 401
+    status, _, body = get_with(base + "/api/cluster", TOKEN)
+    assert status == 200 and json.loads(body)["peer"] == "g1"
+    # What stays open: the page (it holds no data), health, and counts only.
+    assert get_with(base + "/", None)[0] == 200
+    assert get_with(base + "/healthz", None)[0] == 200
+    status, _, text = get_with(base + "/metrics", None)
+    assert status == 200 and "peerjobs_jobs_submitted_total" in text
+
+
+def test_http_query_numbers_are_bounded(web):
+    _, base = web
+    for query in ("limit=" + "9" * 5000, "limit=0", "limit=-1", "limit=1e3", "limit=%D9%A3", "limit=1001"):
+        status, _, body = get(base + "/api/jobs?" + query)
+        assert status == 400 and json.loads(body)["error"] == "bad-request", query[:30]
+    assert get(base + "/api/jobs?limit=1000")[0] == 200
+    assert get(base + "/api/jobs?" + "&".join(f"k{i}=v" for i in range(40)))[0] == 400
+    assert get(base + "/api/jobs?q=%FF%FE")[0] == 200
+    assert get(base + "/api/jobs?q=" + "x" * 257)[0] == 400
+    status, _, body = get(base + "/api/jobs/w1-" + "9" * 5000)
+    assert status == 400 and json.loads(body)["error"] == "bad-id"
+
+
+async def test_node_ask_answers_typed_commands_as_a_client_is_answered(tmp_path):
+    from executor import protocol
+
+    node = Node(data_dir=str(tmp_path / "d"), listen=("127.0.0.1", 0), slots=1, name="k1", config=Config.local())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert await node.ask(protocol.Submit(protocol.JobSpec("sleep", sleep_ms=1))) == b"OK k1-1\n"
+        assert (await node.ask(protocol.Wait("k1-1", 10.0))).startswith(b"OK k1-1 done ")
+        assert (await node.ask(protocol.Result("k1-1"))).startswith(b"OK k1-1 done exit=0 stdout=0 stderr=0")
+        assert (await node.ask(protocol.Status("k1-9"))).startswith(b"ERR not-found ")
+        assert (await node.ask(protocol.Status("other-1"))).startswith(b"ERR not-home ")
+        nursery.cancel_scope.cancel()

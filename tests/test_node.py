@@ -3,11 +3,18 @@ input, and kill -9 / restart without losing an acknowledged job."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
+import pytest
+
+from executor import runner
 from executor.client import Client, PeerError
+from tests.conftest import free_port
 
 
 def _recv_line(sock: socket.socket) -> bytes:
@@ -92,7 +99,10 @@ def test_connection_bound(peers, tmp_path):
         for s in held:  # make sure every one has been accepted and counted
             s.sendall(b"HELP\n")
             assert _recv_line(s).startswith(b"OK")
+        # A connection's kind (client or peer link) is known from its first
+        # line, and each kind has its own budget: the client is refused then.
         extra = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        extra.sendall(b"HELP\n")
         assert _recv_line(extra).startswith(b"ERR too-many-connections")
         extra.close()
     finally:
@@ -169,3 +179,177 @@ def test_sigterm_stops_cleanly_and_running_jobs_run_again(peers):
         status = c.wait(job, 15)
         assert status.state == "done" and status.fields["attempt"] == "2"
         assert c.result(job).stdout == b"finished\n"
+
+
+# ---------------------------------------------------------------------------
+# A previous life's job processes; spawn failures (issue 11, cases 9 and 10)
+
+
+def _lines_of(path) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def test_a_job_that_clears_its_environment_is_killed_with_its_peer_and_runs_once_after(peers, tmp_path):
+    """kill -9 of the peer, restart at once: the old process is killed (its
+    session, not its environment, says whose it is: `env -i` cannot hide it),
+    including a child that moved to another process group; the job runs
+    again once. LOG holds exactly: old start, new start, new child, new end."""
+    log_path = tmp_path / "LOG"
+    child = tmp_path / "child.py"
+    child.write_text(f"import os, time\nos.setpgid(0, 0)\ntime.sleep(1.0)\nopen({str(log_path)!r}, 'a').write('child\\n')\n")
+    cmd = f"exec env -i sh -c '{sys.executable} {child} & echo s >> {log_path}; sleep 1.5; echo e >> {log_path}'"
+    p = peers(slots=1)
+    p.start()
+    with Client(p.addr) as c:
+        job = c.submit(cmd)
+        deadline = time.monotonic() + 10
+        while _lines_of(log_path) != ["s"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _lines_of(log_path) == ["s"]
+        time.sleep(0.2)  # the child has moved to its own process group by now
+    p.kill()
+    p.start()
+    with Client(p.addr) as c:
+        status = c.wait(job, 20)
+    assert status.state == "done" and status.fields["attempt"] == "2", status
+    # Each attempt's child writes 1 s after its start, before its job ends
+    # (1.5 s): had the old run lived on, its child and its end would be here.
+    assert sorted(_lines_of(log_path)) == ["child", "e", "s", "s"], _lines_of(log_path)
+    assert _lines_of(log_path)[:2] == ["s", "s"]  # the old run never reached its end
+    assert "killed the orphaned job processes" in p.log()
+
+
+def test_the_job_wrapper_runs_nothing_without_the_peers_go(tmp_path):
+    """The crash window between spawn and a durable record: the peer dies,
+    the kernel closes the pipe, the wrapper exits without running the job."""
+    marker = tmp_path / "ran"
+    go_read, go_write = os.pipe()
+    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "peerjobs-job", f"touch {marker}"],
+                            stdin=go_read, start_new_session=True)
+    os.close(go_read)
+    os.close(go_write)  # as the kernel does when the peer is killed
+    assert proc.wait(timeout=10) == runner.WRAPPER_NO_GO_EXIT
+    assert not marker.exists()
+    go_read, go_write = os.pipe()
+    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "peerjobs-job", f"touch {marker}; exit 3"],
+                            stdin=go_read, start_new_session=True)
+    os.close(go_read)
+    os.write(go_write, b"go\n")
+    os.close(go_write)
+    assert proc.wait(timeout=10) == 3 and marker.exists()
+
+
+def test_orphan_sessions_are_pinned_by_start_time_and_boot():
+    sessions = {100: [(100, 500), (101, 510), (150, 700)], 200: [(201, 900)], 300: [(300, 999)]}
+    rec = lambda pid, start, boot="b1": {"pid": pid, "start": start, "boot": boot}  # noqa: E731
+    assert runner.orphan_sessions([rec(100, 500)], sessions, "b1") == [100]  # leader and members alive
+    assert runner.orphan_sessions([rec(200, 800)], sessions, "b1") == [200]  # leader gone, members stay
+    assert runner.orphan_sessions([rec(300, 400)], sessions, "b1") == []  # pid reused by another leader
+    assert runner.orphan_sessions([rec(100, 500, "b0")], sessions, "b1") == []  # another boot
+    assert runner.orphan_sessions([rec(400, 1)], sessions, "b1") == []  # nothing left
+    assert runner.orphan_sessions([{"pid": 1, "start": 0, "boot": "b1"}, {"pid": "x"}], sessions, "b1") == []
+
+
+def test_a_job_that_breaks_the_work_directory_fails_alone_and_the_peer_serves_on(peers):
+    p = peers(slots=1)
+    p.start()
+    workdir = os.path.join(p.data, "work")
+    with Client(p.addr) as c:
+        assert c.wait(c.submit("cd .. && rm -rf work"), 10).state == "done"
+        job = c.submit("echo hi")
+        assert c.wait(job, 10).state == "done" and c.result(job).stdout == b"hi\n"  # recreated
+        # A file where the work directory was: the spawn itself fails.
+        assert c.wait(c.submit("cd .. && rm -rf work && touch work"), 10).state == "done"
+        job = c.submit("echo never")
+        status = c.wait(job, 10)
+        assert status.state == "failed" and status.fields["reason"] == "spawn-error", status
+        result = c.result(job)
+        assert result.stdout == b"" and b"could not be started" in result.stderr and b"work" in result.stderr
+        assert c.status(job).fields["reason"] == "spawn-error"
+        os.remove(workdir)
+        job = c.submit("echo back")
+        assert c.wait(job, 10).state == "done" and c.result(job).stdout == b"back\n"
+
+
+# ---------------------------------------------------------------------------
+# Two peers with one name (issue 11, case 11)
+
+
+def _peers_of(addr: str) -> list[list[str]]:
+    with Client(addr) as c:
+        return [line.split() for line in c._lines("PEERS")]
+
+
+def _wait_for(predicate, deadline_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("secret", [False, True], ids=["open", "cluster-secret"])
+def test_a_second_peer_under_a_taken_name_is_refused_and_a_restart_is_welcome(peers, tmp_path, secret):
+    extra = []
+    if secret:  # the verdict is then sealed with the secret (gossip/auth.py)
+        (tmp_path / "secret").write_bytes(b"s" * 32)
+        extra = ["--secret-file", str(tmp_path / "secret")]
+    n1 = peers(name="n1", extra=extra)
+    n1.start()
+    n2 = peers(name="n2", join=[n1.addr], extra=extra)
+    n2.start()
+    assert _wait_for(lambda: ["n1", n1.addr, "alive"] in [row[:3] for row in _peers_of(n2.addr)])
+    # Another data directory under the name n1, joining through n1 itself,
+    # then through n2: each exits non-zero, saying why.
+    for i, seed in enumerate((n1.addr, n2.addr)):
+        twin = peers(name="n1", join=[seed], extra=extra)
+        twin.data, twin.log_path = str(tmp_path / f"twin-{i}"), str(tmp_path / f"twin-{i}.log")
+        try:
+            twin.start()
+        except RuntimeError:
+            pass  # it may be gone before the start check saw it listen
+        assert twin.proc.wait(timeout=15) != 0
+        assert "conflict" in twin.log() and "--name" in twin.log(), twin.log()
+    for addr in (n1.addr, n2.addr):
+        rows = [row for row in _peers_of(addr) if row[0] == "n1"]
+        assert [row[:3] for row in rows] == [["n1", n1.addr, "alive"]], rows
+    # The same peer (same data directory) back at another address: welcome.
+    n1.stop()
+    n1.port = free_port()
+    n1.addr, n1.join = f"127.0.0.1:{n1.port}", [n2.addr]
+    n1.start()
+    assert _wait_for(lambda: ["n1", n1.addr, "alive"] in [row[:3] for row in _peers_of(n2.addr)])
+    assert n1.proc.poll() is None and "refused this peer" not in n1.log()
+
+
+async def test_job_records_are_durable_when_written_and_starts_together_share_a_sync():
+    import trio
+
+    from storage.store import MemoryStore
+
+    store = MemoryStore()
+    records = runner.DurableRecords(store, in_thread=True)
+    before = store.synced_batches
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            async def one(i=i):
+                await records.write([(f"r/n1-{i}".encode(), b"x")])
+                assert store.durable[f"r/n1-{i}".encode()] == b"x"  # synced before it returns
+            nursery.start_soon(one)
+    assert 1 <= store.synced_batches - before <= 3  # not one fsync per job
+
+    def broken(writes, *, sync):
+        raise OSError("disk on fire")
+
+    store.write = broken
+    for _ in range(2):  # the failure, and every write after it: the peer stops
+        try:
+            await records.write([(b"r/n1-99", b"x")])
+            raise AssertionError("a failed sync went unnoticed")
+        except runner.RecordWriteFailed as exc:
+            assert "disk on fire" in str(exc)

@@ -298,6 +298,7 @@ async def test_connection_flood_and_resets(tmp_path):
         refused = 0
         for _ in range(30):
             extra = await trio.open_tcp_stream("127.0.0.1", port)
+            await extra.send_all(b"HELP\n")  # a client: its first line says so
             if (await _line(extra)).startswith(b"ERR too-many-connections"):
                 refused += 1
             await extra.aclose()

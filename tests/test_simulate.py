@@ -1,14 +1,18 @@
 """The deterministic simulation (sim/simulate.py): fixed seeds, random seeds,
 replay determinism, and proof that its checker can fail.
 
-Every run here is a few hundred jobs on 5-8 peers with crashes, partitions and
-link breaks; a failure message carries the seed and the command that replays it.
+Every run here is a few hundred jobs on 5-8 peers with crashes, partitions,
+link breaks, pauses, slow disks and wall-clock steps; a failure message carries
+the seed and the command that replays it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -16,13 +20,14 @@ from executor.core import PeerCore
 from executor.jobs import JobState
 from executor.messages import HandoffAck
 from sim import simulate as sim
+from tests.conftest import ROOT
 
 FIXED_SEEDS = [1, 2, 3, 4, 5]
 
 
 def _opts(seed: int, **kw) -> sim.Options:
     base = dict(peers=6, jobs=300, seed=seed, crash_every_s=0.8, partition_every_s=2.0, break_every_s=0.3,
-                duration_s=6.0)
+                duration_s=6.0, pause_every_s=3.0, slow_disk_every_s=3.0, clock_step_every_s=1.5)
     base.update(kw)
     return sim.Options(**base)
 
@@ -37,6 +42,18 @@ def test_fixed_seeds_pass(seed):
     report = sim.simulate(_opts(seed, peers=5 + seed % 4))
     _check(report)
     assert report.crashes + report.partitions + report.breaks > 0, "the run had no faults to survive"
+    assert report.pauses + report.slow_disks + report.clock_steps > 0, "the run had no gray failures to survive"
+
+
+def test_gray_failures_alone():
+    """Pauses, slow disks and wall-clock steps, and nothing else: a paused peer's
+    events and incoming messages really wait, and every job still finishes."""
+    report = sim.simulate(_opts(21, crash_every_s=0, partition_every_s=0, break_every_s=0, pause_every_s=1.0,
+                                slow_disk_every_s=1.0, clock_step_every_s=0.5))
+    _check(report)
+    assert report.pauses >= 2 and report.slow_disks >= 2 and report.clock_steps >= 4, report
+    assert report.deferred > 0
+    assert "--pause-every 1 --slow-disk-every 1 --clock-step-every 0.5" in report.command
 
 
 def test_submit_to_one_peer():
@@ -92,6 +109,7 @@ def test_checker_catches_a_second_result_overwriting_the_first(monkeypatch):
         record = self.records.get(result.job_id)
         if record is not None and record.state.final:
             record.state = JobState.RUNNING  # forget that the first result won
+            record.executor = result.executor  # ... and who ran it (results are fenced by holder)
         return original(self, result)
 
     monkeypatch.setattr(PeerCore, "_accept_result", accept_every_result)
@@ -99,8 +117,32 @@ def test_checker_catches_a_second_result_overwriting_the_first(monkeypatch):
     assert any(not r.ok and "final record" in r.failure for r in failures), [r.failure for r in failures]
 
 
+def test_checker_catches_a_core_that_runs_deadlines_on_the_wall_clock(monkeypatch):
+    """Feed the core its wall clock (stepped by ±minutes) as `now`: timers
+    freeze or fire early, and some seed must end in an invariant break."""
+    original = PeerCore.handle
+
+    def handle_on_wall_clock(self, event, now, wall=None):
+        return original(self, event, wall - sim._WALL_EPOCH_S, wall)
+
+    monkeypatch.setattr(PeerCore, "handle", handle_on_wall_clock)
+    failures = [sim.simulate(_opts(seed, clock_step_every_s=0.5, liveness_s=20)) for seed in (1, 2, 3)]
+    assert any(not r.ok for r in failures), [r.failure for r in failures]
+
+
+def test_a_seed_replays_the_same_trace_under_any_string_hash_salt():
+    hashes = set()
+    for salt in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-m", "sim", "simulate", "--peers", "8", "--jobs", "200", "--seed", "3", "--json"],
+            env=dict(os.environ, PYTHONHASHSEED=salt), capture_output=True, text=True, timeout=120, cwd=ROOT)
+        report = json.loads(out.stdout)
+        assert report["ok"], report["failure"]
+        hashes.add(report["trace_hash"])
+    assert len(hashes) == 1
+
+
 def test_cli_prints_json_and_replay_line_on_failure(monkeypatch, capsys):
-    monkeypatch.setenv("PYTHONHASHSEED", "0")  # run in this process (no child)
     args = ["--peers", "4", "--jobs", "40", "--seed", "5", "--duration", "2", "--json"]
     assert sim.main(args) == 0
     out = json.loads(capsys.readouterr().out)
