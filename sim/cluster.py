@@ -6,6 +6,8 @@ pauses, a slow disk or wall-clock steps.
     python -m sim cluster --peers 3 --jobs 200 --seed 1 --chaos pause --json
     python -m sim cluster --peers 2 --chaos slow-disk --slow-sync-ms 300 --duration 12 --json
     python -m sim cluster --peers 3 --jobs 200 --seed 1 --chaos clock-step --kill-every 3 --json
+    python -m sim cluster --peers 3 --jobs 300 --seed 1 --chaos power-cut --json
+    python -m sim cluster --peers 3 --jobs 300 --seed 1 --chaos disk-full --json
 
 Starts N `peerjobs node` processes (own ports and data dirs in one work dir,
 joined through the first), drives them from many pipelined clients in one trio
@@ -16,7 +18,12 @@ acknowledged job to finish, and then checks the whole history Jepsen-style
 unexpected. The other nemeses (sim/nemesis.py): `pause` SIGSTOPs a random
 peer for seconds, `slow-disk` starts peers whose fsyncs sleep (an LD_PRELOAD
 shim, sim/slowsync.c), `clock-step` steps the wall clock of random peers by
-± minutes (libfaketime) and probes that a pending WAIT keeps its time.
+± minutes (libfaketime) and probes that a pending WAIT keeps its time. The
+disk nemeses put every peer's data dir on its own faultfs (sim/faultfs/):
+`power-cut` kill -9s a peer (or all, `--cut-all`) and drops every write its
+disk had not synced before restarting it, `disk-full` shrinks a random peer's
+disk below its disk_free_bytes_min for seconds (its SUBMITs get `ERR
+disk-full`, which the clients send again elsewhere).
 Exit status 1 when an invariant breaks (the work dir, with each
 peer's log, is then kept and its path printed). See docs/chaos.md.
 """
@@ -1185,8 +1192,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sleep; clock-step: wall-clock steps of random peers; power-cut: kill -9 and a power cut "
                         "of the peer's faultfs; disk-full: a random peer's faultfs runs out of space for seconds")
     p.add_argument("--kill-every", type=float, default=None,
-                   help="mean seconds between kills, ±25%% jitter (default 2 with kill-restart and power-cut; with another "
-                        "--chaos mode, kills happen only when this is given)")
+                   help="mean seconds between kills, ±25%% jitter (default 2 with kill-restart and power-cut; with "
+                        "another --chaos mode, kills happen only when this is given)")
     p.add_argument("--restart-delay", type=float, default=0.0, help="seconds a killed peer stays down (default 0)")
     p.add_argument("--min-kills", type=int, default=0, help="keep the chaos going until this many kills happened")
     p.add_argument("--min-faults", type=int, default=None,

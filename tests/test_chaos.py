@@ -300,3 +300,47 @@ def test_wall_offsets_step_within_bounds():
         seen.add(offset)
         assert abs(offset) <= 1200
     assert {-600, 600} <= seen
+
+
+# ---------------------------------------------------------------------------
+# The disk nemeses (issue 12: power cut and full disk, on faultfs)
+
+
+def test_power_cut_nemesis_loses_nothing(tmp_path, capsys):
+    """kill -9 plus a power cut of the peer's faultfs (strict POSIX names)
+    while submissions flow: 0 lost / 0 duplicated / 0 unexpected, every
+    restart came back, and no faultfs or peer outlived the run."""
+    _need("power-cut")
+    status, report = _nemesis_run(tmp_path, capsys, [
+        "--peers", "3", "--slots", "1", "--jobs", "60", "--job", "true", "--chaos", "power-cut", "--kill-every", "0.7",
+        "--min-faults", "2", "--duration", "2", "--clients", "3", "--in-flight", "4"])
+    _zero(report)
+    assert report["power_cuts"] >= 2 and report["kills"] >= 2 and report["fs_names"] == "dir", report
+    assert all(k["restart_s"] is not None for k in report["kill_log"]), report["kill_log"]
+    assert status == 0, report
+
+
+def test_power_cut_of_every_peer_at_once_loses_nothing(tmp_path, capsys):
+    _need("power-cut")
+    status, report = _nemesis_run(tmp_path, capsys, [
+        "--peers", "2", "--slots", "1", "--jobs", "40", "--job", "true", "--chaos", "power-cut", "--cut-all",
+        "--kill-every", "0.8", "--min-faults", "2", "--duration", "1.5", "--clients", "2", "--in-flight", "4"])
+    _zero(report)
+    assert report["power_cuts"] >= 1 and all(len(c["peers"]) == 2 for c in report["cut_log"]), report["cut_log"]
+    assert status == 0, report
+
+
+def test_disk_full_nemesis_refuses_submits_and_loses_nothing(tmp_path, capsys):
+    """A peer's faultfs runs out of space (below its disk_free_bytes_min) for
+    a second or two while submissions flow: SUBMITs to it are refused with
+    `ERR disk-full` and sent again elsewhere, no peer exits, and nothing is
+    lost, duplicated or unexpected."""
+    _need("disk-full")
+    status, report = _nemesis_run(tmp_path, capsys, [
+        "--peers", "2", "--slots", "1", "--jobs", "40", "--job", "true", "--chaos", "disk-full", "--full-every", "0.3",
+        "--full-s", "1.5", "--duration", "2.5", "--rate", "30", "--clients", "2", "--in-flight", "4"])
+    _zero(report)
+    assert report["disk_fulls"] >= 1, report
+    assert sum(report["disk_full_refusals"].values()) >= 1, report["full_log"]
+    assert report["rejected"] == 0  # a refusal is a retry, not a rejected submission
+    assert status == 0, report

@@ -431,6 +431,45 @@ def test_io_errors_on_chosen_files_only(fs):
     assert fs.stats()["eio"] >= 3  # the kernel may retry a failed read once
 
 
+MAPPED_READER = r"""
+import mmap, sys
+with open(sys.argv[1], "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    print(m[:4].decode(), flush=True)  # the page is now in the page cache
+    sys.stdin.readline()               # the test sets the EIO rule and drops the caches
+    print(m[:4].decode(), flush=True)  # faults the page in again: the read reaches faultfs
+"""
+
+
+def test_drop_caches_makes_read_errors_reach_open_files_and_mappings(fs):
+    """A page the kernel has cached is served without asking faultfs, so an
+    EIO rule for reads only bites after `drop-caches`; a mapped page that
+    cannot be read again is SIGBUS for the process touching it (what LevelDB,
+    which maps its table files, would get)."""
+    write_file(fs.mnt / "t.dat", b"data" * 2048, sync=True)
+    fd = os.open(fs.mnt / "t.dat", os.O_RDONLY)
+    child = subprocess.Popen([sys.executable, "-c", MAPPED_READER, str(fs.mnt / "t.dat")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    try:
+        assert os.pread(fd, 4, 0) == b"data"
+        assert child.stdout.readline() == b"data\n"
+        fs.fail("read", "t.dat")
+        fs.drop_caches()
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4, 0)
+        assert e.value.errno == errno.EIO
+        child.stdin.write(b"go\n")
+        child.stdin.close()
+        assert child.wait(timeout=10) == -signal.SIGBUS
+    finally:
+        os.close(fd)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    fs.clear()
+    assert (fs.mnt / "t.dat").read_bytes()[:4] == b"data"
+
+
 # A child process that writes to LevelDB and then waits to be killed: the
 # process dies first (its kernel file state goes), then the power.
 LEVELDB_WRITER = r"""

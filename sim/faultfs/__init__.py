@@ -128,6 +128,12 @@ class FaultFSControl:
     def sync(self) -> None:
         self.request("sync")
 
+    def drop_caches(self) -> None:
+        """Make the kernel forget every page it cached: a page already read
+        (or mapped) is served from the page cache without asking faultfs, so
+        an EIO rule for reads only takes effect after this."""
+        self.request("drop-caches")
+
     def stats(self) -> dict:
         return self.request("stats")
 

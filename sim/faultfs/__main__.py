@@ -2,7 +2,7 @@
 serves the filesystem (what `FaultFS` starts);
 `python -m sim.faultfs ctl SOCKET COMMAND [ARGS...]` sends one control command
 (power-cut, sync-delay MS, budget BYTES|none, fail OP PATTERN, clear, sync,
-stats, stop [flush|cut]) and prints the reply."""
+drop-caches, stats, stop [flush|cut]) and prints the reply."""
 
 from __future__ import annotations
 

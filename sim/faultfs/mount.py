@@ -23,6 +23,8 @@ Control protocol: one command per line, one reply line each, `OK <json>` or
     fail OP PATTERN        EIO for OP (read|write|fsync) on paths matching PATTERN
     clear                  no delay, no budget, no EIO rules
     sync                   make everything durable now (what sync(1) does)
+    drop-caches            the kernel forgets its cached pages and attributes of every file (so
+                           that reads reach faultfs, and its read faults, again)
     stats                  counters and sizes
     stop [flush|cut]       unmount and exit: flush = clean unmount (default), cut = power cut first
 """
@@ -231,7 +233,7 @@ class Controller:
             return f"ERR io {e}\n".encode()
         if result is None:
             return (f"ERR bad-command unknown command {cmd[:40]!r} "
-                    "(power-cut, sync-delay, budget, fail, clear, sync, stats, stop)\n").encode()
+                    "(power-cut, sync-delay, budget, fail, clear, sync, drop-caches, stats, stop)\n").encode()
         return b"OK " + json.dumps(result, sort_keys=True).encode() + b"\n"
 
     def _arity(self, args: list[str], n: int, usage: str) -> None:
@@ -274,6 +276,10 @@ class Controller:
         if cmd == "sync":
             self._arity(args, 0, "sync")
             d.sync_all()
+            return {}
+        if cmd == "drop-caches":
+            self._arity(args, 0, "drop-caches")
+            await _invalidate_kernel_cache(d)
             return {}
         if cmd == "stats":
             self._arity(args, 0, "stats")
