@@ -666,7 +666,10 @@ class Node:
                     # would not give that. Meanwhile the client is still
                     # read (into the backlog, unparsed), so that a hang-up
                     # frees its connection slot at once.
-                    if not eof and await self._read_while_waiting(stream, client, slot, backlog):
+                    # (Not under TLS: a cancelled read may leave an SSLStream
+                    # broken, so a TLS client's hang-up shows after its WAIT.)
+                    watch = not eof and not isinstance(stream, trio.SSLStream)
+                    if watch and await self._read_while_waiting(stream, client, slot, backlog):
                         eof = True
                         if not self._hung_up(client):
                             return
