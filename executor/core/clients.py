@@ -1,0 +1,218 @@
+"""The core's client side: commands in, replies out (SUBMIT, STATUS, RESULT,
+WAIT, CANCEL, LIST, PEERS, HELP, QUIT), and how a RESULT reply is made from
+one read of the store. A mixin of `PeerCore`; no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from executor.core.events import Reply, ReplyResult, _Waiter
+from executor.jobs import JobEvent, JobRecord
+from executor.messages import CancelJob
+from executor.protocol import (
+    HELP_LINES,
+    Cancel,
+    ClientError,
+    Command,
+    Help,
+    JobSpec,
+    ListJobs,
+    Peers,
+    Quit,
+    Result,
+    Status,
+    Submit,
+    Wait,
+    err,
+    format_fields,
+    lines_reply,
+    ok,
+    split_job_id,
+)
+from storage import layout
+from storage.store import StoreError
+
+
+class ClientsMixin:
+    def _on_client(self, token: Any, command: Command, now: float) -> None:
+        kind = type(command)
+        try:
+            if kind is Submit:
+                self._submit(token, command.spec, now)
+            elif kind is Status:
+                self._reply(token, self._status_line(self._home_record(command.job_id)))
+            elif kind is Result:
+                self._result(token, self._home_record(command.job_id))
+            elif kind is Wait:
+                self._wait(token, command, now)
+            elif kind is Cancel:
+                self._cancel(token, self._home_record(command.job_id), now)
+            elif kind is ListJobs:
+                latest = []
+                for job_id in reversed(self.records):
+                    latest.append(self._status_text(self.records[job_id]))
+                    if len(latest) >= command.count:
+                        break
+                self._reply(token, lines_reply("jobs", latest))
+            elif kind is Peers:
+                self._reply(token, lines_reply("peers", self._peer_lines()))
+            elif kind is Help:
+                self._reply(token, lines_reply("lines", list(HELP_LINES)))
+            elif kind is Quit:
+                self._actions.append(Reply(token, ok("bye"), close=True))
+            else:
+                raise TypeError(f"unknown command {command!r}")
+        except ClientError as exc:
+            self._reply(token, exc.reply())
+
+    def _reply(self, token: Any, data: bytes) -> None:
+        self._actions.append(Reply(token, data))
+
+    def _home_record(self, job_id: str) -> JobRecord:
+        record = self.records.get(job_id)
+        if record is not None:
+            return record
+        home, seq = split_job_id(job_id)
+        if home == self.peer_id:
+            forgotten = f"; finished jobs beyond the latest {self.config.records_retained_max} are forgotten"
+            raise ClientError("not-found", f"no job {job_id} (this peer has issued {self.next_seq - 1}{forgotten})")
+        where = self.cluster.address_of(home) if self.cluster is not None else None
+        at = f" at {where}" if where else ""
+        raise ClientError("not-home", f"job {job_id} belongs to peer {home}{at}; ask it there")
+
+    def _submit(self, token: Any, spec: JobSpec, now: float) -> None:
+        if self.disk_low:
+            raise ClientError("disk-full", "the disk of this peer is (nearly) full; nothing was stored, "
+                                           "submit again later or to another peer")
+        if len(self.queue) >= self.config.queue_jobs_max:
+            self.counters.busy_rejections += 1
+            raise ClientError("busy", f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
+        seq = self.next_seq
+        self.next_seq += 1
+        job_id = f"{self.peer_id}-{seq}"
+        record = JobRecord(job_id, spec, self._wall, executor=self.peer_id)
+        self.records[job_id] = record
+        self.counters.submitted += 1
+        self._writes.append((layout.key(layout.JOB, job_id), layout.encode(record.to_wire())))
+        self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
+        self._hold(self._held_from_record(record, 1), now, persist=True)
+        self._reply(token, ok(job_id))
+        if self.cluster is not None and job_id in self.queue:
+            target = self.cluster.push_target(self.load)
+            if target is not None:
+                # Pushed at the end of the batch, all jobs for one peer in one handoff.
+                self._pushes.setdefault(target, []).append(self.queue.pop(job_id))
+                self.cluster.moved(target, 1)
+
+    def _result(self, token: Any, record: JobRecord) -> None:
+        if not record.state.final:
+            raise ClientError("not-finished", f"job {record.job_id} is {record.state.value}")
+        if record.stdout_bytes or record.stderr_bytes:
+            self._actions.append(ReplyResult(token, record.job_id))
+        else:
+            self._reply(token, result_reply(record, b"", b""))
+
+    def _wait(self, token: Any, command: Wait, now: float) -> None:
+        record = self._home_record(command.job_id)
+        if record.state.final:
+            self._reply(token, self._status_line(record))
+            return
+        timeout = command.timeout_s if command.timeout_s is not None else self.config.wait_max_s
+        self.waiters.setdefault(record.job_id, []).append(_Waiter(token, now + timeout))
+
+    def _drop_waiters(self, connection: Any) -> None:
+        for job_id in list(self.waiters):
+            kept = [w for w in self.waiters[job_id] if w.token[0] != connection]
+            if kept:
+                self.waiters[job_id] = kept
+            else:
+                del self.waiters[job_id]
+
+    def _wake(self, record: JobRecord) -> None:
+        for waiter in self.waiters.pop(record.job_id, ()):
+            self._reply(waiter.token, self._status_line(record))
+
+    def _cancel(self, token: Any, record: JobRecord, now: float) -> None:
+        if record.state.final:
+            raise ClientError("finished", f"job {record.job_id} is already {record.state.value}")
+        record.apply(JobEvent.CANCEL)
+        record.finished_at = self._wall
+        record.reason = "cancelled"
+        self.counters.cancelled += 1
+        self._put_record(record)
+        self._retire(record.job_id)
+        self._drop_held(record.job_id)
+        if record.executor != self.peer_id and self.cluster is not None:
+            self._send(record.executor, CancelJob(record.job_id))
+        self.remote_open.pop(record.job_id, None)
+        self._reply(token, ok(f"{record.job_id} cancelled"))
+        self._wake(record)
+
+    def _status_text(self, record: JobRecord) -> str:
+        fields = {
+            "attempt": record.attempt,
+            "executor": record.executor or "-",
+            "exit": record.exit_code,
+            "reason": record.reason,
+            "submitted": f"{record.submitted_at:.3f}",
+            "runtime_ms": (
+                round((record.finished_at - record.started_at) * 1000)
+                if record.finished_at is not None and record.started_at is not None
+                else None
+            ),
+        }
+        return f"{record.job_id} {record.state.value} {format_fields(fields)}"
+
+    def _status_line(self, record: JobRecord) -> bytes:
+        return ok(self._status_text(record))
+
+    def _peer_lines(self) -> list[str]:
+        if self.cluster is not None:
+            return self.cluster.peer_lines(self.load)
+        load = self.load
+        return [f"{self.peer_id} - alive incarnation=- queued={load.queued} running={load.running} slots={load.slots} self"]
+
+    def _expire_waiters(self, now: float) -> None:
+        for job_id in list(self.waiters):
+            kept = []
+            for waiter in self.waiters[job_id]:
+                if waiter.deadline <= now:
+                    state = self.records[job_id].state.value
+                    self._reply(waiter.token, err("timeout", f"job {job_id} is still {state}"))
+                else:
+                    kept.append(waiter)
+            if kept:
+                self.waiters[job_id] = kept
+            else:
+                del self.waiters[job_id]
+
+
+def result_reply(record: JobRecord, stdout: bytes, stderr: bytes) -> bytes:
+    """`OK <id> <state> ... stdout=<n> stderr=<m> ...`, the n + m bytes, a newline.
+    The counts are those of the bytes sent, so header and body cannot disagree."""
+    fields = {
+        "exit": "-" if record.exit_code is None else record.exit_code,
+        "stdout": len(stdout),
+        "stderr": len(stderr),
+        "attempt": record.attempt,
+        "executor": record.executor or "-",
+        "truncated": "yes" if record.truncated else "no",
+        "reason": record.reason,
+    }
+    return ok(f"{record.job_id} {record.state.value} {format_fields(fields)}") + stdout + stderr + b"\n"
+
+
+def read_result(store: Any, job_id: str) -> bytes:
+    """The reply to a `ReplyResult`, from one read of the store after the sync
+    that made the record final (a final record and its output never change
+    again, and are forgotten together, in one batch)."""
+    try:
+        raw = store.get(layout.key(layout.JOB, job_id))
+        if raw is None:
+            return err("not-found", f"job {job_id} was forgotten (records_retained_max) before its result could be sent")
+        record = JobRecord.from_wire(layout.decode(raw, "job record"))
+        output = store.get(layout.key(layout.OUTPUT, job_id))
+        stdout, stderr = layout.decode(output, "output") if output is not None else (b"", b"")
+    except StoreError as exc:  # a failed read fails this request only
+        return err("storage", f"cannot read the result of {job_id}: {exc}")
+    return result_reply(record, stdout, stderr)

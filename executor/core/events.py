@@ -1,0 +1,179 @@
+"""What goes into a peer core and what comes out: events, actions, and the
+small records the core keeps (waiters, lends, the outbox). No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from executor.jobs import HeldJob
+from executor.messages import JobResult
+from executor.protocol import Command, JobSpec
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    token: Any  # (connection id, request number): opaque to the core
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    connection: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JobExited:
+    job_id: str
+    attempt: int
+    exit_code: int | None
+    reason: str | None  # None when the command exited by itself
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    sender: str
+    message: Any
+    sender_addr: str | None = None  # from the link's hello: where to answer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """The data directory's free space crossed `disk_free_bytes_min`: below
+    it (`low`), the peer takes no new work and keeps the rest for what it
+    owes (results, cancels, membership); above it again, it takes work."""
+
+    low: bool
+    free_bytes: int
+
+
+Event = ClientRequest | ClientClosed | JobExited | PeerMessage | PeerUnreachable | Tick | DiskSpace
+
+# ---------------------------------------------------------------------------
+# Actions
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    token: Any
+    data: bytes
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyResult:
+    """Reply the RESULT of `job_id`, read by the edge after the batch's sync:
+    header and body from ONE read of the stored record and output
+    (`read_result`), never a header made earlier with a body read later —
+    the record may be forgotten in between (records_retained_max)."""
+
+    token: Any
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartJob:
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class KillJob:
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer_id: str
+    addr: str
+    message: Any
+    # Membership messages (probes, acks, gossip) promise nothing durable, so
+    # they need not wait for the batch's sync: membership never waits behind
+    # the disk. (A refutation's incarnation may go out before it is durable;
+    # after a crash the restart bumps it again, and any claim about a higher
+    # one is refuted as usual.) Job messages always wait.
+    wait_sync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    text: str
+
+
+Action = Reply | ReplyResult | StartJob | KillJob | Send | Log
+
+IMMEDIATE_ACTIONS = (StartJob, KillJob, Log)
+"""Actions an edge carries out at once, before the batch's writes are synced
+(see the theory of operation above), with `Send`s of `wait_sync=False`; every
+other action waits for the sync."""
+
+
+def is_immediate(action: Action) -> bool:
+    """Carried out before the batch's sync (see IMMEDIATE_ACTIONS)."""
+    kind = type(action)
+    return kind in IMMEDIATE_ACTIONS or (kind is Send and not action.wait_sync)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    token: Any
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Lend:
+    """Jobs offered in a handoff, held until the receiver acks."""
+
+    receiver: str
+    jobs: list[HeldJob]
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A result waiting in the outbox for its home's ack."""
+
+    result: JobResult
+    home: str
+    next_send_at: float
+    backoff_s: float
+    orphaned_at: float | None = None  # when membership forgot its home (see _orphan_outbox)
+
+
+@dataclass(slots=True)
+class Counters:
+    submitted: int = 0
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    started: int = 0
+    reexecuted: int = 0
+    steals_out: int = 0  # jobs this peer gave away
+    steals_in: int = 0  # jobs this peer received
+    busy_rejections: int = 0
+    results_duplicate: int = 0
+    reissued: int = 0
+    forgotten: int = 0  # final records dropped past records_retained_max
+    handoffs_refused: int = 0  # handoffs not taken while the disk was low
+    results_refused: int = 0  # results from a peer that does not hold the job's current attempt
+    outbox_dropped: int = 0  # results for homes forgotten for good
+    batches: int = 0
