@@ -50,7 +50,7 @@ from executor.core import (
     Send,
     StartJob,
     Tick,
-    is_immediate,
+    carry_out,
     read_result,
 )
 from executor.cluster import Cluster
@@ -314,20 +314,21 @@ class Node:
                     except trio.WouldBlock:
                         break
             writes, actions = core.take()
-            for action in actions:
-                if is_immediate(action):
-                    self._execute(action)
-                else:
-                    self._pending_actions.append(action)
-            self._pending_writes += writes
-            try:
-                self._doorbell.send_nowait(None)
-            except trio.WouldBlock:
-                pass  # the committer will take this batch along with the last
+            carry_out(writes, actions, at_once=self._execute, durably=self._commit_later)
             # Clients already wait at commit_writes_max (_client_reader);
             # this is the last resort that keeps memory bounded.
             while len(self._pending_writes) >= 2 * self.config.commit_writes_max:
                 await self._committed.park()
+
+    def _commit_later(self, writes: list, actions: list) -> None:
+        """The edge contract's durable half, pipelined: the committer syncs
+        everything pending as one batch, then carries out its actions."""
+        self._pending_writes += writes
+        self._pending_actions += actions
+        try:
+            self._doorbell.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # the committer will take this batch along with the last
 
     async def _committer(self, doorbell_recv) -> None:
         """Write everything pending in one synced batch, then carry out the

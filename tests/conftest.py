@@ -13,7 +13,7 @@ import time
 import pytest
 
 from executor.config import Config
-from executor.core import ClientRequest, PeerCore, Reply, StartJob, Tick
+from executor.core import ClientRequest, PeerCore, Reply, StartJob, Tick, carry_out
 from storage import layout
 from storage.store import MemoryStore
 
@@ -42,12 +42,20 @@ class CoreHarness:
         return PeerCore(self.peer_id, self.config, self.slots, random.Random(1), snap, self.now)
 
     def step(self, *events, sync: bool = True):
+        """Every action of the batch, through the edge contract (`carry_out`):
+        the immediate ones, then (with `sync`) the writes made durable, then
+        the ones that waited for them."""
         for event in events:
             self.core.handle(event, self.now)
-        writes, actions = self.core.take()
-        if sync:
-            self.store.write(writes, sync=True)
-        return actions
+        carried: list = []
+
+        def durably(writes, later):
+            if sync:
+                self.store.write(writes, sync=True)
+            carried.extend(later)
+
+        carry_out(*self.core.take(), at_once=carried.append, durably=durably)
+        return carried
 
     def request(self, command):
         self.tokens += 1

@@ -63,6 +63,7 @@ from executor.core import (
     Send,
     StartJob,
     Tick,
+    carry_out,
 )
 from executor.jobs import JobRecord
 from executor.messages import Audit, Handoff, HandoffAck, JobResult
@@ -138,10 +139,13 @@ class World:
         assert core is not None, f"{name} is down"
         for event in events:
             core.handle(event, self.now)
-        writes, actions = core.take()
-        for action in actions:
+        replies: list[bytes] = []
+
+        def at_once(action) -> None:
             kind = type(action)
-            if kind is StartJob:
+            if kind is Send:
+                self._send(name, action)  # membership's: it waits for no sync
+            elif kind is StartJob:
                 assert action.job_id not in peer.running, (
                     f"{name} started {action.job_id} attempt {action.attempt} while attempt "
                     f"{peer.running[action.job_id].attempt} still runs there")
@@ -156,22 +160,25 @@ class World:
                     run.killed = True
             elif kind is Log:
                 self.log.append(f"{self.now:.3f} {name}: {action.text}")
-        if mode == CRASH_BEFORE_SYNC:
-            self.crash(name)
-            return []
-        peer.store.write(writes, sync=True)
-        if mode == CRASH_AFTER_SYNC:
-            self.crash(name)
-            return []
-        replies = []
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                self._send(name, action)
-            elif kind is Reply:
-                replies.append(action.data)
-            elif kind is ReplyResult:
-                replies.append(read_result(self.peers[name].store, action.job_id))
+
+        def durably(writes, later) -> None:
+            if mode == CRASH_BEFORE_SYNC:
+                self.crash(name)
+                return
+            peer.store.write(writes, sync=True)
+            if mode == CRASH_AFTER_SYNC:
+                self.crash(name)
+                return
+            for action in later:
+                kind = type(action)
+                if kind is Send:
+                    self._send(name, action)
+                elif kind is Reply:
+                    replies.append(action.data)
+                elif kind is ReplyResult:
+                    replies.append(read_result(peer.store, action.job_id))
+
+        carry_out(*core.take(), at_once=at_once, durably=durably)
         return replies
 
     def _send(self, sender: str, send: Send) -> None:

@@ -30,6 +30,7 @@ from executor.core.events import (
     Send,
     StartJob,
     Tick,
+    carry_out,
     is_immediate,
 )
 from executor.core.peer import PeerCore
@@ -37,5 +38,5 @@ from executor.core.peer import PeerCore
 __all__ = [
     "IMMEDIATE_ACTIONS", "Action", "ClientClosed", "ClientRequest", "Counters", "DiskSpace", "Event", "JobExited",
     "KillJob", "Log", "PeerCore", "PeerMessage", "PeerUnreachable", "Reply", "ReplyResult", "Send", "StartJob",
-    "Tick", "is_immediate", "read_result", "result_reply",
+    "Tick", "carry_out", "is_immediate", "read_result", "result_reply",
 ]

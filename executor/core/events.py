@@ -4,11 +4,13 @@ small records the core keeps (waiters, lends, the outbox). No I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from executor.jobs import HeldJob
 from executor.messages import JobResult
 from executor.protocol import Command, JobSpec
+from storage.store import Write
 
 # ---------------------------------------------------------------------------
 # Events
@@ -131,6 +133,23 @@ def is_immediate(action: Action) -> bool:
     """Carried out before the batch's sync (see IMMEDIATE_ACTIONS)."""
     kind = type(action)
     return kind in IMMEDIATE_ACTIONS or (kind is Send and not action.wait_sync)
+
+
+def carry_out(writes: list[Write], actions: list[Action], *, at_once: Callable[[Action], object],
+              durably: Callable[[list[Write], list[Action]], object]) -> None:
+    """THE edge contract, the one place every edge (executor/edge/node.py,
+    the simulation, the tests' harnesses) takes a core's output through: the
+    actions that promise nothing durable go to `at_once`, in order; then
+    `durably(writes, later)` must make `writes` durable in one synced batch
+    and only after that carry out `later`, in order. How and when it syncs is
+    the edge's own (pipelined group commit, a simulated disk, a crash)."""
+    later = []
+    for action in actions:
+        if is_immediate(action):
+            at_once(action)
+        else:
+            later.append(action)
+    durably(writes, later)
 
 
 @dataclass(slots=True)
