@@ -33,7 +33,7 @@ import trio
 
 from executor.cluster import Cluster
 from executor.config import Config, Security
-from executor.connections import ConnectionsMixin, _Client, _fill, _Slot
+from executor.connections import ConnectionsMixin
 from executor.core import (
     ClientClosed,
     ClientRequest,
@@ -52,6 +52,7 @@ from executor.core import (
 )
 from executor.links import Links
 from executor.runner import DurableRecords, RecordWriteFailed, kill_orphan_sessions, run_job
+from executor.sessions import _Client, _fill, _Slot
 from storage import layout
 from storage.store import LevelStore, Store, StoreError
 

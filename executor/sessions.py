@@ -1,0 +1,295 @@
+"""A client session: the text protocol over one connection, between the
+socket and the core (a mixin of `executor.node.Node`). A reader turns lines
+into commands for the inbox (answering at the edge what needs no core: parse
+errors, AUTH, STATS, the allow-list), a writer sends replies in request
+order, so clients may pipeline. Bounds: `client_pipeline_max` requests in
+flight, `client_reply_bytes_max` reply bytes owed, `slow_sender_s`,
+`client_idle_s`, `slow_receiver_s`; a hang-up frees the connection slot at
+once (`client_draining_max`)."""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import math
+from dataclasses import dataclass, field
+
+import trio
+
+from executor import protocol
+from executor.core import (
+    ClientClosed,
+    ClientRequest,
+)
+
+log = logging.getLogger("peerjobs")
+
+_RECEIVE_BYTES = 65536
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One reply a client is owed, in request order."""
+
+    data: bytes | None = None
+    close: bool = False
+
+
+@dataclass(eq=False)
+class _Client:
+    number: int
+    pending: collections.deque = field(default_factory=collections.deque)
+    ready: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    budget: trio.Semaphore | None = None
+    closed: bool = False
+    authed: bool = True
+    holds_slot: bool = False  # counts against client_connections_max (until EOF)
+    draining: int = 0  # 1 while it counts against client_draining_max
+    owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
+
+
+@dataclass(eq=False)
+class _Reading:
+    """Where a client's reader is: its stream, its line splitter, bytes read
+    during a WAIT and not parsed yet, EOF seen, and since when a line has
+    been arriving (the slow-sender clock)."""
+
+    stream: object
+    splitter: protocol.LineSplitter
+    backlog: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    finished: bool = False
+    partial_since: float | None = None
+
+
+class SessionsMixin:
+    async def _serve_client(self, stream, first: bytes) -> None:
+        client = _Client(next(self._client_numbers), authed=self.security.token is None)
+        self.clients += 1
+        client.holds_slot = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._client_writer, stream, client, nursery.cancel_scope)
+                await self._client_reader(stream, client, first)
+                # The reader ended (EOF or QUIT): let the writer flush what is owed.
+                client.closed = True
+                client.ready.unpark_all()
+        finally:
+            if client.holds_slot:
+                self.clients -= 1
+            self.draining -= client.draining
+            with trio.CancelScope(shield=True):
+                await self.inbox_send.send(ClientClosed(client))
+
+    def _hung_up(self, client: _Client) -> bool:
+        """The client sent EOF: it asks nothing more, so its connection slot
+        is free at once. Replies it is still owed (a WAIT) are written while
+        it stays under `client_draining_max`; False: close it now instead."""
+        if client.holds_slot:
+            client.holds_slot = False
+            self.clients -= 1
+            if client.pending:
+                if self.draining >= self.config.client_draining_max:
+                    self.edge_stats["draining_refused"] += 1
+                    return False
+                client.draining = 1
+                self.draining += 1
+        return True
+
+    def _edge_reply(self, client: _Client, line: bytes) -> tuple[bytes, bool] | None:
+        """Requests answered at the edge, before the core: AUTH, and every
+        line of a client that has not authenticated. (reply, close) or None."""
+        token = self.security.token
+        is_auth = line[:5].upper() == b"AUTH " or line.strip().upper() == b"AUTH"
+        if client.authed:
+            if is_auth:
+                return protocol.ok("authenticated" if token is not None else "no token required"), False
+            return None
+        if not is_auth:
+            self.edge_stats["client_auth_refused"] += 1
+            return protocol.err("auth-required", "send AUTH <token> first; closing"), True
+        given = line[5:].strip()
+        if hmac.compare_digest(given, token):
+            client.authed = True
+            self.edge_stats["client_auth_ok"] += 1
+            return protocol.ok("authenticated"), False
+        self.edge_stats["client_auth_refused"] += 1
+        log.warning("%s: a client gave a wrong token; closed", self.peer_id)
+        return protocol.err("auth-failed", "wrong token; closing"), True
+
+    async def _client_reader(self, stream, client: _Client, first: bytes) -> None:
+        """Lines -> commands -> the inbox, until EOF, QUIT or a closing error.
+        A last line without a newline is answered like any other."""
+        reading = _Reading(stream, protocol.LineSplitter(self.config.line_bytes_max))
+        client.budget = trio.Semaphore(self.config.client_pipeline_max)
+        data = first
+        while True:
+            lines = reading.splitter.feed(data)
+            if reading.eof:
+                lines += reading.splitter.finish()  # every byte is in
+                reading.finished = True
+            for line in lines:
+                if not await self._take_line(reading, client, line):
+                    return
+            if reading.backlog or (reading.eof and not reading.finished):
+                data = bytes(reading.backlog)
+                reading.backlog.clear()
+                continue
+            if reading.eof:
+                return
+            data = await self._receive_more(reading, client)
+            if data is None:
+                return
+            if not data:
+                reading.eof = True
+                if not self._hung_up(client):
+                    return
+
+    async def _take_line(self, reading: _Reading, client: _Client, line) -> bool:
+        """One line: answered at the edge, or sent to the core. False: stop reading."""
+        cfg = self.config
+        await client.budget.acquire()
+        while client.owed_bytes > cfg.client_reply_bytes_max:
+            await client.ready.park()  # the client does not read its replies: stop reading requests
+        slot = _Slot()
+        client.pending.append(slot)
+        if line is protocol.LineSplitter.TOO_LONG:
+            if not client.authed:
+                _fill(client, slot, protocol.err("auth-required", "send AUTH <token> first; closing"), True)
+                return False
+            _fill(client, slot, protocol.err("line-too-long", f"line longer than {cfg.line_bytes_max} bytes; dropped"))
+            return True
+        edge = self._edge_reply(client, line)
+        if edge is None:
+            edge = self._edge_command(line)
+        if isinstance(edge, tuple):
+            _fill(client, slot, *edge)
+            return not edge[1]
+        command = edge
+        while len(self._pending_writes) >= cfg.commit_writes_max:
+            await self._committed.park()  # backpressure: the disk is behind
+        await self.inbox_send.send(ClientRequest((client, slot), command))
+        if type(command) is protocol.Quit:
+            return False
+        if type(command) is protocol.Wait:
+            # Commands after a WAIT see the world after it, as a script piped
+            # into nc expects; the reply order alone would not give that.
+            # Meanwhile the client is still read (into the backlog, unparsed),
+            # so that a hang-up frees its connection slot at once. (Not under
+            # TLS: a cancelled read may leave an SSLStream broken, so a TLS
+            # client's hang-up shows after its WAIT.)
+            watch = not reading.eof and not isinstance(reading.stream, trio.SSLStream)
+            if watch and await self._read_while_waiting(reading.stream, client, slot, reading.backlog):
+                reading.eof = True
+                if not self._hung_up(client):
+                    return False
+            while slot.data is None:
+                await client.ready.park()
+        return True
+
+    def _edge_command(self, line: bytes):
+        """The parsed command for the core, or (reply, close) when the edge
+        answers it: a parse error, STATS (read-only counters), the allow-list."""
+        cfg = self.config
+        try:
+            command = protocol.parse_command(
+                line, command_bytes_max=cfg.command_bytes_max, timeout_max_s=cfg.job_timeout_max_s,
+                wait_max_s=cfg.wait_max_s, list_max=cfg.list_max)
+        except protocol.ClientError as exc:
+            return exc.reply(), False
+        if type(command) is protocol.Stats:
+            return protocol.lines_reply("stats", [f"{k}={v}" for k, v in self.statistics().items()]), False
+        allow = self.security.allow
+        if (allow is not None and type(command) is protocol.Submit and command.spec.kind == "sh"
+                and not allow.allows(command.spec.command)):
+            self.edge_stats["submit_not_allowed"] += 1
+            return protocol.err("not-allowed", "this peer runs only the commands on its allow-list"), False
+        return command
+
+    async def _receive_more(self, reading: _Reading, client: _Client) -> bytes | None:
+        """The next bytes (b"" at EOF), or None once the connection is closed
+        for a slow sender or an idle client."""
+        cfg = self.config
+        while True:
+            now = trio.current_time()
+            if reading.splitter.pending_bytes:
+                reading.partial_since = reading.partial_since if reading.partial_since is not None else now
+            else:
+                reading.partial_since = None
+            idle_at = now + cfg.client_idle_s
+            slow_at = reading.partial_since + cfg.slow_sender_s if reading.partial_since is not None else math.inf
+            with trio.move_on_at(min(idle_at, slow_at)):
+                return await reading.stream.receive_some(_RECEIVE_BYTES)
+            if slow_at <= idle_at:
+                self.edge_stats["slow_sender"] += 1
+                message = protocol.err("slow-sender", f"line not completed within {cfg.slow_sender_s:g} s; closing")
+            elif client.pending:
+                continue  # a WAIT is outstanding: the client is not idle
+            else:
+                message = protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing")
+            slot = _Slot()
+            client.pending.append(slot)
+            _fill(client, slot, message, True)
+            return None
+
+    async def _read_while_waiting(self, stream, client: _Client, slot: _Slot, backlog: bytearray) -> bool:
+        """Read the client until `slot` (its WAIT) is answered, EOF (True),
+        or `line_bytes_max` bytes wait in `backlog` (then it is left unread:
+        backpressure, as for any client that sends faster than it is served)."""
+        eof = False
+        async with trio.open_nursery() as nursery:
+
+            async def answered() -> None:
+                while slot.data is None:
+                    await client.ready.park()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(answered)
+            while len(backlog) < self.config.line_bytes_max:
+                data = await stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    eof = True
+                    break
+                backlog += data
+            nursery.cancel_scope.cancel()
+        return eof
+
+    async def _client_writer(self, stream, client: _Client, scope: trio.CancelScope) -> None:
+        pending = client.pending
+        try:
+            while True:
+                while not (pending and pending[0].data is not None):
+                    if client.closed and not pending:
+                        return
+                    await client.ready.park()
+                out = []
+                close = False
+                while pending and pending[0].data is not None:
+                    slot = pending.popleft()
+                    out.append(slot.data)
+                    if client.budget is not None:
+                        client.budget.release()
+                    if slot.close:
+                        close = True
+                        break
+                data = b"".join(out)
+                with trio.fail_after(self.config.slow_receiver_s):
+                    await stream.send_all(data)
+                client.owed_bytes -= len(data)
+                client.ready.unpark_all()
+                if close:
+                    scope.cancel()
+                    return
+        except trio.TooSlowError:
+            self.edge_stats["slow_receiver"] += 1
+            scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()
+
+
+def _fill(client: _Client, slot: _Slot, data: bytes, close: bool = False) -> None:
+    slot.data = data
+    slot.close = close
+    client.owed_bytes += len(data)
+    client.ready.unpark_all()
