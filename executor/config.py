@@ -188,7 +188,7 @@ class Config:
     steal_threshold: float = 1.0
     """A thief asks only a peer ahead of it by more than this many jobs' worth
     (normalised by slots). Any value below 2 balances down to single jobs;
-    larger values trade balance for fewer moves (executor/balance.py)."""
+    larger values trade balance for fewer moves (executor/core/balance.py)."""
 
     steals_in_flight_max: int = 1
     """Steal requests this peer has outstanding; one keeps thieves from

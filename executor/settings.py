@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor.config import AllowList, Config, Security
-from executor.numbers import parse_float, parse_int
+from executor.core.numbers import parse_float, parse_int
 from gossip.config import GossipConfig
 
 ENV_PREFIX = "PEERJOBS_"
@@ -176,7 +176,7 @@ def _one_of(value: Any, choices) -> str:
 
 def _integer(value: Any) -> int:
     """An integer setting (a count or a bound): 0 to `SETTING_INT_MAX`, through
-    the one bounded number parser (executor/numbers.py)."""
+    the one bounded number parser (executor/core/numbers.py)."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not an integer")
     return parse_int(value.strip() if isinstance(value, str) else value, "the value", lo=0, hi=SETTING_INT_MAX)

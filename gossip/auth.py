@@ -9,7 +9,7 @@ The exchange (after the usual hello line, docs/security.md)::
                             AUTH <nonce_i: 64 hex>\\n
     acceptor  -> initiator  AUTH <nonce_a: 64 hex> <mac_a: 64 hex>\\n
     initiator -> acceptor   AUTH <mac_i: 64 hex>\\n
-    acceptor  -> initiator  <mac_v: 64 hex> <verdict>\\n   (gossip/wire.py: OK ... / ERR name-conflict ...)
+    acceptor  -> initiator  <mac_v: 64 hex> <verdict>\\n   (gossip/hello.py: OK ... / ERR name-conflict ...)
     initiator -> acceptor   then frames: length, payload, 16-byte tag
 
     transcript = len-prefixed(hello line, nonce_i, nonce_a)
@@ -41,7 +41,8 @@ import hashlib
 import hmac
 import struct
 
-from gossip.wire import FRAME_HEADER_BYTES, ProtocolError
+from gossip.codec import ProtocolError
+from gossip.framing import FRAME_HEADER_BYTES
 
 NONCE_BYTES = 32
 TAG_BYTES = 16

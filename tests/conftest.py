@@ -108,7 +108,7 @@ class PeerProcess:
         self.log_path = str(tmp_path / f"{name}.log")
 
     def start(self, wait_s: float = 15.0) -> None:
-        cmd = [sys.executable, "-m", "executor.cli", "node", "--data", self.data, "--listen", self.addr,
+        cmd = [sys.executable, "-m", "executor.client.cli", "node", "--data", self.data, "--listen", self.addr,
                "--name", self.name, "--slots", str(self.slots), *self.extra]
         for seed in self.join:
             cmd += ["--join", seed]

@@ -1,4 +1,4 @@
-"""Tests of the pure balancing policy in executor/balance.py.
+"""Tests of the pure balancing policy in executor/core/balance.py.
 
 Unit tests pin the edge cases of each function; the property tests run a small model of
 a cluster exchanging jobs under the policy, with stale views, lost messages and crashes,
@@ -56,7 +56,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.balance import (
+from executor.core.balance import (
     BalanceConfig,
     PeerLoad,
     choose_push_target,

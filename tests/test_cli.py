@@ -34,7 +34,7 @@ def cluster(tmp_path_factory):
 def run(*args, stdin=None, env=None, timeout=30):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PEERJOBS_")}
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "executor.cli", *args]
+    cmd = [sys.executable, "-m", "executor.client.cli", *args]
     proc = subprocess.run(cmd, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=timeout, env=full_env)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc

@@ -11,8 +11,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from executor.config import Config
 from executor.core import ClientClosed, JobExited, KillJob, ReplyResult, read_result
-from executor.jobs import JobState
-from executor.protocol import Cancel, JobSpec, ListJobs, Result, Status, Submit, Wait
+from executor.core.jobs import JobState
+from executor.core.protocol import Cancel, JobSpec, ListJobs, Result, Status, Submit, Wait
 from tests.conftest import CoreHarness, replies, starts
 
 SH = JobSpec(kind="sh", command="echo hi")

@@ -1,4 +1,4 @@
-"""The trio edge (executor/node.py, links.py) on trio's virtual clock over
+"""The trio edge (executor/edge/node.py, links.py) on trio's virtual clock over
 in-memory streams: no sockets, no real sleeps."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from executor.config import Config
-from executor.node import Node
+from executor.edge.node import Node
 from storage.store import MemoryStore
 
 

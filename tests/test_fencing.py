@@ -12,7 +12,7 @@ import pytest
 
 from executor.config import Config
 from executor.core import PeerMessage, Send
-from executor.messages import Handoff, HandoffAck, JobMoved, JobResult, JobTransfer, ResultAck
+from executor.core.messages import Handoff, HandoffAck, JobMoved, JobResult, JobTransfer, ResultAck
 from gossip.membership import MemberForgotten
 from storage import layout
 from tests.test_handoff import World, durable, place_remote

@@ -23,12 +23,13 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor import http, links, protocol
-from executor import messages as jm
-from executor.cluster import Cluster
+from executor.core import protocol
+from executor.edge import http, links
+from executor.core import messages as jm
+from executor.core.cluster import Cluster
 from executor.config import AllowList, Config, Security
 from executor.core import ClientRequest, PeerCore, PeerMessage, Tick
-from executor.node import Node
+from executor.edge.node import Node
 from gossip import auth, wire
 from storage import layout
 from storage.store import MemoryStore
@@ -532,7 +533,7 @@ def test_node_client_edge_hostile_numbers_and_control_characters(lines, cuts):
 
 
 # ---------------------------------------------------------------------------
-# The HTTP door: the ASGI app of executor/http.py on an in-process peer.
+# The HTTP door: the ASGI app of executor/edge/http.py on an in-process peer.
 
 _TOKEN = b"t" * 20
 _PATHS = ["/", "/metrics", "/healthz", "/api/cluster", "/api/history", "/api/jobs", "/api/jobs/n1-1", "/nothing"]

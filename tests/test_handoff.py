@@ -1,7 +1,7 @@
 """Three sans-IO peers in one process: handoff, results and recovery under crashes.
 
 `World` is a small edge for three `PeerCore`s, built and driven exactly as
-`executor/node.py` builds and drives one (see `World._step`):
+`executor/edge/node.py` builds and drives one (see `World._step`):
 
 * after handling an event the edge takes the core's batch: `writes, actions =
   core.take()`; `StartJob`/`KillJob` take effect at once (the job is recorded
@@ -47,7 +47,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from executor.cluster import Cluster
+from executor.core.cluster import Cluster
 from executor.config import Config
 from executor.core import (
     ClientRequest,
@@ -65,9 +65,9 @@ from executor.core import (
     Tick,
     carry_out,
 )
-from executor.jobs import JobRecord
-from executor.messages import Audit, Handoff, HandoffAck, JobResult
-from executor.protocol import JobSpec, Submit
+from executor.core.jobs import JobRecord
+from executor.core.messages import Audit, Handoff, HandoffAck, JobResult
+from executor.core.protocol import JobSpec, Submit
 from gossip.membership import GOSSIP_MESSAGES
 from storage import layout
 from storage.store import MemoryStore
@@ -131,7 +131,7 @@ class World:
             self.restart(peer.name)
 
     # ------------------------------------------------------------------
-    # The edge (executor/node.py's core loop and committer, one batch per step)
+    # The edge (executor/edge/node.py's core loop and committer, one batch per step)
 
     def _step(self, name: str, events, mode: str = SYNC) -> list[bytes]:
         peer = self.peers[name]
@@ -677,7 +677,7 @@ def test_home_down_while_the_result_is_sent_is_resent_with_backoff_until_it_is_b
 
 # ---------------------------------------------------------------------------
 # BUGS found by the state machine above, as minimal deterministic cases.
-# Both FAIL against executor/core.py as it stands; see each docstring.
+# Both FAIL against executor/core/ as it stands; see each docstring.
 
 
 def test_handoff_of_a_reissued_attempt_to_a_peer_running_the_old_one_keeps_the_job():

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from executor.client import Client
 from executor.config import Config
-from executor.node import Node
+from executor.edge.node import Node
 from tests.conftest import PeerProcess, free_port
 
 
@@ -133,7 +133,7 @@ def test_http_port_in_use_is_one_clear_line(tmp_path, web):
 
     _, base = web
     busy = base.rpartition(":")[2]
-    proc = subprocess.run([sys.executable, "-m", "executor.cli", "node", "--data", str(tmp_path / "d"),
+    proc = subprocess.run([sys.executable, "-m", "executor.client.cli", "node", "--data", str(tmp_path / "d"),
                            "--listen", "127.0.0.1:0", "--http", f"127.0.0.1:{busy}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -222,7 +222,7 @@ def test_http_query_numbers_are_bounded(web):
 
 
 async def test_node_ask_answers_typed_commands_as_a_client_is_answered(tmp_path):
-    from executor import protocol
+    from executor.core import protocol
 
     node = Node(data_dir=str(tmp_path / "d"), listen=("127.0.0.1", 0), slots=1, name="k1", config=Config.local())
     async with trio.open_nursery() as nursery:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.jobs import FINAL_STATES, TRANSITIONS, IllegalTransition, JobEvent, JobRecord, JobState, next_state
-from executor.protocol import JobSpec
+from executor.core.jobs import FINAL_STATES, TRANSITIONS, IllegalTransition, JobEvent, JobRecord, JobState, next_state
+from executor.core.protocol import JobSpec
 
 
 def test_final_states_have_no_way_out():

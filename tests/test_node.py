@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from executor import runner
+from executor.edge import runner
 from executor.client import Client, PeerError
 from tests.conftest import free_port
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.protocol import (
+from executor.core.protocol import (
     JOB_SEQ_DIGITS_MAX,
     Cancel,
     ClientError,
@@ -120,7 +120,7 @@ def test_long_line_reported_once_then_stream_recovers():
 # ---------------------------------------------------------------------------
 # Issue 11, case 1: numbers with thousands of digits, in every place a client
 # line carries one. Each gets `ERR bad-id` / `ERR bad-request` from the one
-# bounded parser (executor/numbers.py) and nothing else is raised.
+# bounded parser (executor/core/numbers.py) and nothing else is raised.
 
 HUGE = "9" * 5000
 
@@ -180,7 +180,7 @@ def test_split_job_id_never_raises(text):
                  st.from_regex(r"[A-Za-z0-9_.]{1,8}(-[A-Za-z0-9_.]{1,8}){0,2}-[0-9]{1,25}", fullmatch=True)))
 def test_one_job_id_definition_for_client_lines_and_peer_frames(text):
     """The client parser and the peer-frame check agree on every string."""
-    from executor import links
+    from executor.edge import links
     from executor.config import Config
     from gossip import wire
 
@@ -268,7 +268,8 @@ def test_every_command_a_client_may_submit_crosses_a_peer_link(command):
     """The client parser and the peer-frame check agree on commands: what a
     client got `OK` for is never refused by a link (which once wedged
     handoffs), and what a link refuses is never accepted from a client."""
-    from executor import links, messages
+    from executor.core import messages
+    from executor.edge import links
     from executor.config import Config
     from gossip import wire
 

@@ -13,7 +13,7 @@ import trio
 
 from executor.config import Config
 from executor.core import KillJob, StartJob, Tick
-from executor.protocol import JobSpec, ListJobs, Status, Submit, Wait
+from executor.core.protocol import JobSpec, ListJobs, Status, Submit, Wait
 from tests.conftest import CoreHarness, replies
 from tests.test_edge import MemoryNet, ask, states
 
@@ -198,7 +198,7 @@ async def test_a_full_disk_refuses_new_work_serves_the_rest_and_recovers_without
 
 
 async def test_a_failed_sync_stops_the_peer_and_acknowledges_nothing_of_it(autojump_clock, tmp_path):
-    from executor.node import StorageFailed
+    from executor.edge.node import StorageFailed
     from storage.store import StoreIOError
 
     net = MemoryNet(tmp_path)

@@ -13,10 +13,11 @@ import pytest
 import trio
 import trio.testing
 
-from executor import cli, settings as st
+from executor import settings as st
+from executor.client import cli
 from executor.client import Client, PeerError
 from executor.config import AllowList, Config, Security
-from executor.node import Node
+from executor.edge.node import Node
 from gossip import auth, wire
 from storage.store import MemoryStore
 from tests.test_edge import MemoryNet, ask, states
@@ -95,7 +96,7 @@ async def test_unauthenticated_peer_learns_nothing_and_changes_nothing(autojump_
 
 
 async def test_bad_frames_from_an_authenticated_peer_drop_the_link_not_the_peer(autojump_clock, tmp_path):
-    from executor.messages import CancelJob, HandoffAck, StealRequest
+    from executor.core.messages import CancelJob, HandoffAck, StealRequest
 
     net = SecureNet(tmp_path)
     async with trio.open_nursery() as nursery:

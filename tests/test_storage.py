@@ -80,7 +80,7 @@ def test_second_process_on_a_data_dir_gets_a_clear_error(tmp_path):
     held = LevelStore(str(tmp_path / "d"))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "executor.cli", "node", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "executor.client.cli", "node", "--data", str(tmp_path / "d"), "--listen", "127.0.0.1:0"],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
         )
         assert proc.returncode == 1
@@ -106,7 +106,7 @@ def test_corrupt_store_names_repair(tmp_path):
     with pytest.raises(Exception) as info:
         LevelStore(path)
     assert isinstance(info.value, (StoreCorrupt,)) or "repair" in str(info.value) or "cannot open" in str(info.value)
-    proc = subprocess.run([sys.executable, "-m", "executor.cli", "node", "--data", path, "--listen", "127.0.0.1:0"],
+    proc = subprocess.run([sys.executable, "-m", "executor.client.cli", "node", "--data", path, "--listen", "127.0.0.1:0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "repair" in proc.stderr

@@ -1,4 +1,5 @@
-"""The peer codec, the frame decoder and the hello line."""
+"""The peer codec (gossip/codec.py) and the frame decoder (gossip/framing.py);
+the hello line is in tests/test_hello.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from gossip.membership import (
     PingReq,
     Sync,
 )
-from gossip.wire import FrameDecoder, ProtocolError, decode, encode, frame, hello_line, message, parse_hello
+from gossip.wire import FrameDecoder, ProtocolError, decode, encode, frame, message
 
 
 @message("test.inner")
@@ -213,46 +214,3 @@ def test_oversize_frame_rejected_on_header_before_buffering():
         FrameDecoder(10).feed(b"\x00\x00\x00\x00")
     # A frame of exactly the limit is fine.
     assert FrameDecoder(5).feed(frame(b"12345")) == [b"12345"]
-
-
-# ---------------------------------------------------------------------------
-# Hello line
-# ---------------------------------------------------------------------------
-
-
-def test_hello_line_round_trip():
-    line = hello_line("n1", 3, "127.0.0.1:7001")
-    assert line == b"PEERJOBS-PEER/1 n1 3 127.0.0.1:7001\n"
-    assert line.startswith(wire.HELLO_PREFIX)
-    assert parse_hello(line) == ("n1", 3, "127.0.0.1:7001")
-    assert parse_hello(line.rstrip(b"\n") + b"\r\n") == ("n1", 3, "127.0.0.1:7001")
-    assert parse_hello(b"PEERJOBS-PEER/1 a-b_c.d 0 [::1]:9\n") == ("a-b_c.d", 0, "[::1]:9")
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        b"PEERJOBS-PEER/2 n1 3 127.0.0.1:7001\n",  # other version
-        b"PEERJOBS-PEER/1 n1 3\n",
-        b"PEERJOBS-PEER/1 n1 -3 127.0.0.1:7001\n",
-        b"PEERJOBS-PEER/1 n1 x 127.0.0.1:7001\n",
-        b"PEERJOBS-PEER/1 n1 3 127.0.0.1\n",
-        b"PEERJOBS-PEER/1 n1 3 127.0.0.1:0\n",
-        b"PEERJOBS-PEER/1 n1 3 127.0.0.1:70000\n",
-        b"PEERJOBS-PEER/1 n\xff 3 127.0.0.1:7001\n",
-        b"PEERJOBS-PEER/1  n1 3 127.0.0.1:7001\n",
-        b"SUBMIT echo hi\n",
-        b"PEERJOBS-PEER/1 " + b"a" * 600 + b" 1 h:1\n",
-    ],
-)
-def test_bad_hello_lines(line):
-    with pytest.raises(ProtocolError):
-        parse_hello(line)
-
-
-@given(st.binary(max_size=80))
-def test_parse_hello_only_raises_protocol_error(tail):
-    try:
-        parse_hello(wire.HELLO_PREFIX + tail)
-    except ProtocolError:
-        pass

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from executor.core.events import Reply, ReplyResult, _Waiter
-from executor.jobs import JobEvent, JobRecord
-from executor.messages import CancelJob
-from executor.protocol import (
+from executor.core.jobs import JobEvent, JobRecord
+from executor.core.messages import CancelJob
+from executor.core.protocol import (
     HELP_LINES,
     Cancel,
     ClientError,

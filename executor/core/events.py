@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
-from executor.jobs import HeldJob
-from executor.messages import JobResult
-from executor.protocol import Command, JobSpec
+from executor.core.jobs import HeldJob
+from executor.core.messages import JobResult
+from executor.core.protocol import Command, JobSpec
 from storage.store import Write
 
 # ---------------------------------------------------------------------------

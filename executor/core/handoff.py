@@ -4,11 +4,11 @@ location reports that keep a home's record of where its job is. A mixin of
 
 from __future__ import annotations
 
-from executor import balance
+from executor.core import balance
 from executor.core.events import _Lend
-from executor.jobs import HeldJob, JobEvent, JobRecord, JobState
-from executor.messages import CancelJob, Handoff, HandoffAck, JobMoved, JobTransfer, StealRequest
-from executor.protocol import JobSpec
+from executor.core.jobs import HeldJob, JobEvent, JobRecord, JobState
+from executor.core.messages import CancelJob, Handoff, HandoffAck, JobMoved, JobTransfer, StealRequest
+from executor.core.protocol import JobSpec
 from storage import layout
 
 

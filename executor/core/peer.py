@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A peer is one `PeerCore` fed events by its edge (`executor/node.py` for real
+A peer is one `PeerCore` fed events by its edge (`executor/edge/node.py` for real
 peers, `sim/` for the deterministic simulation):
 
 * `ClientRequest` — a parsed client command with an opaque reply token;
@@ -51,7 +51,7 @@ import random
 from collections import OrderedDict
 from typing import Any
 
-from executor import balance
+from executor.core import balance
 from executor.config import Config
 from executor.core.clients import ClientsMixin
 from executor.core.events import (
@@ -74,8 +74,8 @@ from executor.core.events import (
 from executor.core.handoff import HandoffMixin
 from executor.core.recovery import RecoveryMixin
 from executor.core.running import RunningMixin
-from executor.jobs import HeldJob, JobRecord
-from executor.messages import (
+from executor.core.jobs import HeldJob, JobRecord
+from executor.core.messages import (
     Audit,
     AuditReply,
     CancelJob,
@@ -86,7 +86,7 @@ from executor.messages import (
     ResultAck,
     StealRequest,
 )
-from executor.protocol import split_job_id
+from executor.core.protocol import split_job_id
 from gossip import membership as gossip
 from storage import layout
 from storage.store import Write
@@ -109,7 +109,7 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin):
         self.config = config
         self.slots = slots
         self.rng = rng
-        self.cluster = cluster  # executor.cluster.Cluster, or None for a lone peer
+        self.cluster = cluster  # executor.core.cluster.Cluster, or None for a lone peer
         self.counters = Counters()
         self.next_seq = snapshot.next_seq
         self.records: dict[str, JobRecord] = {}

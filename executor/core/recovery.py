@@ -5,9 +5,9 @@ audits that find jobs a holder lost. A mixin of `PeerCore`; no I/O."""
 from __future__ import annotations
 
 from executor.core.events import _Outgoing
-from executor.jobs import HeldJob, JobEvent, JobRecord
-from executor.messages import Audit, AuditReply, JobResult
-from executor.protocol import split_job_id
+from executor.core.jobs import HeldJob, JobEvent, JobRecord
+from executor.core.messages import Audit, AuditReply, JobResult
+from executor.core.protocol import split_job_id
 from storage import layout
 
 

@@ -5,8 +5,8 @@ of `PeerCore`; no I/O."""
 from __future__ import annotations
 
 from executor.core.events import JobExited, KillJob, StartJob, _Outgoing
-from executor.jobs import HeldJob, JobEvent, JobRecord
-from executor.messages import JobResult
+from executor.core.jobs import HeldJob, JobEvent, JobRecord
+from executor.core.messages import JobResult
 from storage import layout
 
 
@@ -22,6 +22,9 @@ class RunningMixin:
         """Start queued jobs, oldest first, while slots are free."""
         while self.queue and len(self.running) < self.slots:
             job_id, job = self.queue.popitem(last=False)
+            if job.home == self.peer_id and self._outdated(job):
+                self._writes.append((layout.key(layout.HELD, job_id), None))
+                continue
             job.running = True
             job.started_at = now  # monotonic: the runtime is measured on it
             self.running[job_id] = job
@@ -29,9 +32,9 @@ class RunningMixin:
             self._writes.append((layout.key(layout.HELD, job_id), layout.encode(job.to_wire())))
             if job.home == self.peer_id:
                 record = self.records.get(job_id)
-                if record is not None and not record.state.final:
+                if record is not None:
                     record.apply(JobEvent.START)
-                    record.attempt = max(record.attempt, job.attempt)
+                    record.attempt = job.attempt
                     record.started_at = self._wall
                     record.executor = self.peer_id
                     self.remote_open.pop(job_id, None)
@@ -40,6 +43,14 @@ class RunningMixin:
                 self._report_location(job, now)
             timeout = job.spec.timeout_s or self.config.job_timeout_default_s
             self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout))
+
+    def _outdated(self, job: HeldJob) -> bool:
+        """A copy of one of our own jobs that must not run: the job is final
+        (or forgotten), or a newer attempt of it is held elsewhere — its
+        result would be fenced off, and the record must keep naming the
+        holder of the current attempt, not this copy."""
+        record = self.records.get(job.job_id)
+        return record is None or record.state.final or job.attempt < record.attempt
 
     def _on_exited(self, ev: JobExited, now: float) -> None:
         job = self.running.get(ev.job_id)

@@ -1,5 +1,5 @@
 """A client session: the text protocol over one connection, between the
-socket and the core (a mixin of `executor.node.Node`). A reader turns lines
+socket and the core (a mixin of `executor.edge.node.Node`). A reader turns lines
 into commands for the inbox (answering at the edge what needs no core: parse
 errors, AUTH, STATS, the allow-list), a writer sends replies in request
 order, so clients may pipeline. Bounds: `client_pipeline_max` requests in
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from executor import protocol
+from executor.core import protocol
 from executor.core import (
     ClientClosed,
     ClientRequest,

@@ -42,9 +42,9 @@ import trio
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-from executor import protocol
+from executor.core import protocol
 from executor.client import parse_peer, parse_status
-from executor.numbers import NumberError, parse_int
+from executor.core.numbers import NumberError, parse_int
 
 log = logging.getLogger("peerjobs")
 
@@ -237,7 +237,7 @@ class App:
         self.node = node
         self.metrics = metrics
         self.history = history
-        self.page = resources.files("executor").joinpath("dashboard.html").read_bytes()
+        self.page = resources.files("executor.edge").joinpath("dashboard.html").read_bytes()
 
     def _authorized(self, scope) -> bool:
         """With a client token, the request must carry `Authorization: Bearer <token>`."""

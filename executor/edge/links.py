@@ -36,9 +36,9 @@ from collections import Counter
 
 import trio
 
-from executor import messages as jm
+from executor.core import messages as jm
 from executor.core import PeerMessage, PeerUnreachable
-from executor.protocol import command_text_problem, is_job_id
+from executor.core.protocol import command_text_problem, is_job_id
 from gossip import auth, membership, wire
 from storage import layout
 
@@ -60,7 +60,7 @@ async def _open_tcp(addr: str) -> trio.SocketStream:
 # What a decoded message may hold (sans-IO; the codec has checked the types)
 
 _PEER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-# Job ids and commands are judged by executor/protocol.py's `is_job_id` and
+# Job ids and commands are judged by executor/core/protocol.py's `is_job_id` and
 # `command_text_problem`, the very predicates the client parser uses: a job a
 # client was told `OK` for can always cross a link, and nothing a link
 # refuses can be submitted (a CR in a command once wedged handoffs).
@@ -219,7 +219,7 @@ class Links:
         """The initiator's side of the handshake: hello (and authentication
         with a cluster secret), then the acceptor's verdict, before any frame.
         Returns how to seal frames. A `name-conflict` verdict raises
-        `wire.NameConflict`, which stops this peer (executor/cli.py)."""
+        `wire.NameConflict`, which stops this peer (executor/client/cli.py)."""
         node = self.node
         incarnation = node.core.cluster.membership.incarnation
         hello = wire.hello_line(node.peer_id, incarnation, node.addr, self.instance)

@@ -1,8 +1,8 @@
 """Client connections and the first bytes of every connection: the trio
-edge between sockets and the core (a mixin of `executor.node.Node`).
+edge between sockets and the core (a mixin of `executor.edge.node.Node`).
 
 Each connection is a client (text lines) or a peer link (a hello line, then
-frames: executor/links.py); its first line says which, and each kind has
+frames: executor/edge/links.py); its first line says which, and each kind has
 its own budget. Per client: a reader (lines -> commands -> the inbox) and a
 writer (replies in request order, so clients may pipeline). Nothing a remote
 sends may raise out of `serve`: disconnects end the connection quietly, and
@@ -15,18 +15,18 @@ import logging
 
 import trio
 
-from executor import protocol
+from executor.core import protocol
 from gossip.wire import HELLO_LINE_BYTES_MAX, HELLO_PREFIX
 
 log = logging.getLogger("peerjobs")
 
 _RECEIVE_BYTES = 65536
-from executor.sessions import SessionsMixin
+from executor.edge.sessions import SessionsMixin
 
 
 class ConnectionsMixin(SessionsMixin):
     def client_options(self) -> dict:
-        """What a client of this very peer needs (executor/http.py): token, TLS."""
+        """What a client of this very peer needs (executor/edge/http.py): token, TLS."""
         ctx = None
         if self.security.server_ssl is not None:
             import ssl

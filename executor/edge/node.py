@@ -10,9 +10,9 @@ The edge is thin on purpose (see docs/architecture.md). Its tasks:
 * a *ticker* that puts a `Tick` in the inbox every `tick_interval_s`;
 * per client connection, a reader (lines -> commands -> inbox) and a writer
   (replies in request order, so clients may pipeline);
-* per job, a runner (`executor/runner.py`);
+* per job, a runner (`executor/edge/runner.py`);
 * per peer, an outbound link writer and an inbound link reader
-  (`executor/links.py`).
+  (`executor/edge/links.py`).
 
 Nothing here decides anything: every decision is the core's.
 """
@@ -31,9 +31,9 @@ import time
 
 import trio
 
-from executor.cluster import Cluster
+from executor.core.cluster import Cluster
 from executor.config import Config, Security
-from executor.connections import ConnectionsMixin
+from executor.edge.connections import ConnectionsMixin
 from executor.core import (
     ClientClosed,
     ClientRequest,
@@ -50,9 +50,9 @@ from executor.core import (
     carry_out,
     read_result,
 )
-from executor.links import Links
-from executor.runner import DurableRecords, RecordWriteFailed, kill_orphan_sessions, run_job
-from executor.sessions import _Client, _fill, _Slot
+from executor.edge.links import Links
+from executor.edge.runner import DurableRecords, RecordWriteFailed, kill_orphan_sessions, run_job
+from executor.edge.sessions import _Client, _fill, _Slot
 from storage import layout
 from storage.store import LevelStore, Store, StoreError
 
@@ -127,14 +127,14 @@ class Node(ConnectionsMixin):
         self.links = None
         self.listening = trio.Event()
         self.bound_port: int | None = None
-        self.http = http  # (host, port) of the dashboard and /metrics (executor/http.py), or None
+        self.http = http  # (host, port) of the dashboard and /metrics (executor/edge/http.py), or None
         self.http_port: int | None = None
-        self.on_commit = None  # set by executor/http.py: called with (writes, seconds) per synced batch
+        self.on_commit = None  # set by executor/edge/http.py: called with (writes, seconds) per synced batch
 
     def _kill_orphans(self) -> None:
         """Kill what a previous life of this peer left running (it was killed
         with -9 and its jobs ran on), before any job runs again here: every
-        process of every session recorded under `r/` (executor/runner.py says
+        process of every session recorded under `r/` (executor/edge/runner.py says
         how a session is found and pinned against pid reuse). Also sets up
         this life's synced job records (`_spawned`)."""
         stale = list(self.store.scan(layout.PID))
@@ -162,7 +162,7 @@ class Node(ConnectionsMixin):
         return out
 
     async def ask(self, command) -> bytes:
-        """Answer one typed, already-validated command (executor/http.py)
+        """Answer one typed, already-validated command (executor/edge/http.py)
         exactly as a client would be answered, with the reply's bytes.
 
         The HTTP edge calls this instead of speaking the text protocol to its
@@ -231,7 +231,7 @@ class Node(ConnectionsMixin):
                 if listeners:
                     nursery.start_soon(trio.serve_listeners, self.serve, listeners)
                 if self.http is not None:
-                    from executor.http import serve_http
+                    from executor.edge.http import serve_http
 
                     await nursery.start(serve_http, self)
                 self.listening.set()

@@ -244,7 +244,7 @@ def _setup_logging(verbose: bool) -> None:
 def _run_node(resolved: st.NodeSettings, security, *, name_given: bool) -> int:
     import trio
 
-    from executor.node import Node, serve_forever
+    from executor.edge.node import Node, serve_forever
     from storage.store import StoreError
 
     host, port = st.parse_hostport(resolved.value("listen"))
@@ -266,9 +266,8 @@ def _run_node(resolved: st.NodeSettings, security, *, name_given: bool) -> int:
         logging.getLogger("peerjobs").warning(
             "%s: --name %s ignored: this data directory already belongs to peer %s",
             node.peer_id, resolved.value("name"), node.peer_id)
-    from executor.http import HTTPListenError
-
-    from executor.node import StorageFailed
+    from executor.edge.http import HTTPListenError
+    from executor.edge.node import StorageFailed
     from gossip.wire import NameConflict
 
     try:
@@ -391,8 +390,15 @@ def _follow(c: Client, job_ids: list[str], *, quiet: bool, poll_s: float = 0.25,
     """Wait for every job, with a progress bar on stderr: the oldest `window`
     unfinished jobs are polled with pipelined STATUS (jobs start roughly
     oldest first, so the running ones are among them)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
-        TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     pending = list(job_ids)
     final: dict[str, JobStatus] = {}

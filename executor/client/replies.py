@@ -1,0 +1,299 @@
+"""The client side of the text protocol, sans-IO: replies parsed (`ReplyReader`:
+single lines, `OK <k> ...` plus k lines, RESULT's counted bytes), the values
+they carry, the errors they raise, and the lines requests are made of. The
+sync and trio clients (`executor/client/sync.py`, `aio.py`) only move bytes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+_RECEIVE_BYTES = 65536
+DEFAULT_ADDR = "127.0.0.1:7001"
+WINDOW = 32
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+# ---------------------------------------------------------------------------
+# Errors and values
+
+
+class PeerError(Exception):
+    """The peer answered `ERR <code> <message>`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class WaitTimeout(PeerError):
+    """`ERR timeout`: the job was not final when the wait ran out."""
+
+
+class Unreachable(ConnectionError):
+    """Nothing answers at the address (refused, no route, timed out)."""
+
+
+def _peer_error(code: str, message: str) -> PeerError:
+    return (WaitTimeout if code == "timeout" else PeerError)(code, message)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: str
+    fields: dict[str, str]
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def exit_code(self) -> int | None:
+        value = self.fields.get("exit", "-")
+        return None if value == "-" else int(value)
+
+    @property
+    def attempt(self) -> int:
+        return int(self.fields.get("attempt", "1"))
+
+    @property
+    def executor(self) -> str:
+        return self.fields.get("executor", "-")
+
+    @property
+    def reason(self) -> str | None:
+        return self.fields.get("reason")
+
+    @property
+    def submitted(self) -> float | None:
+        value = self.fields.get("submitted")
+        return float(value) if value else None
+
+    @property
+    def runtime_ms(self) -> int | None:
+        value = self.fields.get("runtime_ms")
+        return int(value) if value else None
+
+    def to_dict(self) -> dict:
+        return {"id": self.job_id, "state": self.state, "attempt": self.attempt, "executor": self.executor,
+                "exit": self.exit_code, "reason": self.reason, "submitted": self.submitted,
+                "runtime_ms": self.runtime_ms}
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: JobStatus
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def job_id(self) -> str:
+        return self.status.job_id
+
+    @property
+    def state(self) -> str:
+        return self.status.state
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.status.exit_code
+
+    @property
+    def truncated(self) -> bool:
+        return self.status.fields.get("truncated") == "yes"
+
+    @property
+    def text(self) -> str:
+        """stdout as text (UTF-8; bytes that are not become U+FFFD)."""
+        return self.stdout.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        d = self.status.to_dict()
+        del d["submitted"], d["runtime_ms"]
+        d.update(stdout=self.stdout.decode(errors="replace"), stderr=self.stderr.decode(errors="replace"),
+                 truncated=self.truncated)
+        return d
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One member of the cluster as a peer sees it (a PEERS line)."""
+
+    id: str
+    addr: str
+    state: str  # alive | suspect | dead
+    incarnation: int | None
+    queued: int | None  # None: no load heard yet
+    running: int | None
+    slots: int | None
+    is_self: bool
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "addr": self.addr, "state": self.state, "incarnation": self.incarnation,
+                "queued": self.queued, "running": self.running, "slots": self.slots, "self": self.is_self}
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text not in (None, "-") else None
+
+
+def parse_status(text: str) -> JobStatus:
+    job_id, state, *rest = text.split(" ")
+    fields = dict(item.split("=", 1) for item in rest if "=" in item)
+    return JobStatus(job_id, state, fields)
+
+
+def parse_peer(line: str) -> PeerInfo:
+    words = line.split(" ")
+    fields = dict(w.split("=", 1) for w in words[3:] if "=" in w)
+    return PeerInfo(words[0], words[1], words[2], _int_or_none(fields.get("incarnation")),
+                    _int_or_none(fields.get("queued")), _int_or_none(fields.get("running")),
+                    _int_or_none(fields.get("slots")), words[-1] == "self")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """"HOST:PORT" (or ":PORT") -> (host, port); ValueError otherwise."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{addr!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+# ---------------------------------------------------------------------------
+# Sans-IO reply parsing
+
+LINE, LINES, RESULT = "line", "lines", "result"
+
+
+def reply_shape(request: str) -> str:
+    """How the reply to `request` is framed (docs/protocol.md, Framing)."""
+    verb = request.split(" ", 1)[0].upper()
+    if verb in ("LIST", "PEERS", "HELP", "STATS"):
+        return LINES
+    if verb == "RESULT" or (verb.startswith("R") and verb != "R" and not verb.isdigit() and "-" in verb) or verb == "R":
+        return RESULT
+    return LINE
+
+
+@dataclass
+class Reply:
+    """One reply: `ok` with its first line's text after `OK `, and the lines
+    (LINES) or bytes (RESULT) that follow; else `code` and `message`."""
+
+    ok: bool
+    text: str = ""
+    lines: list[str] = field(default_factory=list)
+    stdout: bytes = b""
+    stderr: bytes = b""
+    code: str = ""
+    message: str = ""
+
+    def check(self) -> Reply:
+        if not self.ok:
+            raise _peer_error(self.code, self.message)
+        return self
+
+
+class ReplyReader:
+    """Bytes in (`feed`), whole replies out (`next`). Holds the bytes of an
+    incomplete reply until the rest arrives; never consumes half a reply."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def line(self) -> str | None:
+        nl = self.buf.find(b"\n")
+        if nl < 0:
+            return None
+        line = bytes(self.buf[:nl]).rstrip(b"\r").decode(errors="replace")
+        del self.buf[: nl + 1]
+        return line
+
+    def exact(self, n: int) -> bytes | None:
+        if len(self.buf) < n:
+            return None
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def next(self, shape: str = LINE) -> Reply | None:
+        buf = self.buf
+        nl = buf.find(b"\n")
+        if nl < 0:
+            return None
+        head = bytes(buf[:nl]).rstrip(b"\r").decode(errors="replace")
+        if head.startswith("ERR "):
+            del buf[: nl + 1]
+            code, _, message = head[4:].partition(" ")
+            return Reply(False, code=code, message=message)
+        if not (head == "OK" or head.startswith("OK ")):
+            raise ConnectionError(f"unexpected reply from the peer: {head[:80]!r}")
+        text = head[3:]
+        if shape == LINE:
+            del buf[: nl + 1]
+            return Reply(True, text)
+        if shape == LINES:
+            count = int(text.split(" ", 1)[0])
+            end = nl
+            for _ in range(count):
+                end = buf.find(b"\n", end + 1)
+                if end < 0:
+                    return None
+            lines = bytes(buf[nl + 1 : end]).decode(errors="replace").split("\n") if count else []
+            del buf[: end + 1]
+            return Reply(True, text, lines=[x.rstrip("\r") for x in lines])
+        status = parse_status(text)
+        n, m = int(status.fields.get("stdout", 0)), int(status.fields.get("stderr", 0))
+        if len(buf) < nl + 1 + n + m + 1:
+            return None
+        body = bytes(buf[nl + 1 : nl + 1 + n + m])
+        del buf[: nl + 1 + n + m + 1]
+        return Reply(True, text, stdout=body[:n], stderr=body[n:])
+
+
+# ---------------------------------------------------------------------------
+# Requests: the line for each command, shared by both clients
+
+
+def submit_line(command: str, timeout_s: float | None = None) -> str:
+    if "\n" in command or "\r" in command:
+        raise ValueError("a command is one line (no newline); submit several with submit_many")
+    opt = f"--timeout {timeout_s:g} " if timeout_s is not None else ""
+    return f"SUBMIT {opt}{command}"
+
+
+def wait_line(job_id: str, timeout_s: float | None) -> str:
+    return f"WAIT {job_id}" + (f" {max(timeout_s, 0.001):g}" if timeout_s is not None else "")
+
+
+def result_of(reply: Reply) -> JobResult:
+    return JobResult(parse_status(reply.check().text), reply.stdout, reply.stderr)
+
+
+def stats_of(reply: Reply) -> dict[str, int]:
+    out = {}
+    for line in reply.check().lines:
+        k, _, v = line.partition("=")
+        out[k] = int(v) if v.lstrip("-").isdigit() else v
+    return out
+
+
+def _connect_error(addr: str, exc: OSError) -> Unreachable:
+    cause = exc.__cause__  # trio: "all attempts to connect ... failed", the real error inside
+    while isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError):
+        exc = cause
+    why = (os.strerror(exc.errno) if exc.errno else exc.strerror) or str(exc) or type(exc).__name__
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        why = "timed out"
+    return Unreachable(f"cannot reach peer {addr}: {why.lower() if why[:1].isupper() else why}"
+                       f" (is `peerjobs node` running there?)")
+
+
