@@ -95,7 +95,17 @@ class Cluster:
         self._views.pop(peer_id, None)
         self._loads = None
 
+    def forgotten(self, peer_id: str) -> None:
+        """Membership forgot `peer_id`: so do we. Bounded by the member table:
+        a forgotten peer counts as dead since our start (`dead_for`), long past
+        any grace."""
+        self.dead_since.pop(peer_id, None)
+
     # --- questions
+
+    def is_dead(self, peer_id: str) -> bool:
+        """Known dead (not merely unknown)."""
+        return peer_id in self.dead_since
 
     def address_of(self, peer_id: str) -> str | None:
         member = self.membership.member(peer_id)

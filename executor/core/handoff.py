@@ -121,7 +121,7 @@ class HandoffMixin:
 
     def _expire_lends(self, now: float) -> None:
         for transfer_id, lend in list(self.lends.items()):
-            if lend.deadline <= now or lend.receiver in self.cluster.dead_since:
+            if lend.deadline <= now or self.cluster.is_dead(lend.receiver):
                 del self.lends[transfer_id]
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):

@@ -72,6 +72,7 @@ from executor.core.events import (
     _Waiter,
 )
 from executor.core.handoff import HandoffMixin
+from executor.core.queries import QueriesMixin
 from executor.core.recovery import RecoveryMixin
 from executor.core.running import RunningMixin
 from executor.core.jobs import HeldJob, JobRecord
@@ -92,7 +93,7 @@ from storage import layout
 from storage.store import Write
 
 
-class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin):
+class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesMixin):
     def __init__(
         self,
         peer_id: str,
@@ -218,9 +219,7 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin):
             elif kind is gossip.MemberForgotten:
                 self._writes.append((layout.key(layout.PEER, action.peer_id), None))
                 self._orphan_outbox(action.peer_id, now)
-                # Bounded by the member table: a forgotten peer counts as dead
-                # since our start (Cluster.dead_for), long past any grace.
-                self.cluster.dead_since.pop(action.peer_id, None)
+                self.cluster.forgotten(action.peer_id)
 
     def validate_state(self) -> None:
         """Assert every invariant of this core's memory (after dask's worker

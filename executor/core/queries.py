@@ -1,0 +1,61 @@
+"""What the edges may read of a peer core: its public queries (a mixin of
+`PeerCore`; no I/O). The edges (executor/edge/) call these, never the core's
+fields, so the core may keep its memory however it likes. Records handed
+out are copies: an edge cannot change the core's state by accident."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterator
+
+from executor.core.jobs import JobRecord
+
+
+class QueriesMixin:
+    def statistics(self) -> dict[str, int]:
+        """Every counter of the core: jobs (`jobs_*`), queue and table sizes,
+        and membership (`gossip_*`). The edge adds its own (links, clients)."""
+        out = {f"jobs_{k}": v for k, v in dataclasses.asdict(self.counters).items()}
+        out.update(issued=self.next_seq - 1, queued=len(self.queue), running=len(self.running), slots=self.slots,
+                   records=len(self.records), outbox=len(self.outbox), lends=len(self.lends))
+        if self.cluster is not None:
+            membership = self.cluster.membership
+            out["incarnation"] = membership.incarnation
+            out.update({f"gossip_{k}": v for k, v in sorted(membership.statistics().items())})
+        return out
+
+    def job(self, job_id: str) -> JobRecord | None:
+        """A copy of the home record of `job_id`, or None."""
+        record = self.records.get(job_id)
+        return None if record is None else dataclasses.replace(record)
+
+    def jobs(self) -> Iterator[JobRecord]:
+        """Copies of the home records, newest first (by this peer's sequence)."""
+        for job_id in reversed(self.records):
+            yield dataclasses.replace(self.records[job_id])
+
+    def job_counts(self) -> collections.Counter[str]:
+        """Home records by state."""
+        return collections.Counter(record.state.value for record in self.records.values())
+
+    def peer_lines(self) -> list[str]:
+        """PEERS' lines: every member with its state and load, this peer marked."""
+        return self._peer_lines()
+
+    def member(self, peer_id: str):
+        """Membership's view of `peer_id` (a frozen `gossip.Member`), or None."""
+        return None if self.cluster is None else self.cluster.membership.member(peer_id)
+
+    def members(self) -> list:
+        """Every member membership knows (frozen `gossip.Member`s)."""
+        return [] if self.cluster is None else list(self.cluster.membership.members())
+
+    @property
+    def incarnation(self) -> int:
+        return 0 if self.cluster is None else self.cluster.membership.incarnation
+
+    @property
+    def disk_is_low(self) -> bool:
+        """True while the core refuses new work for want of disk (DiskSpace)."""
+        return self.disk_low
