@@ -51,7 +51,7 @@ def peer_processes(count: int, *, slots: int = 1, extra: tuple = ()):
         ports = [free_port() for _ in range(count)]
         for i, port in enumerate(ports):
             addr = f"127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "executor.cli", "node", "--data", os.path.join(tmp, f"p{i + 1}"),
+            cmd = [sys.executable, "-m", "executor.client.cli", "node", "--data", os.path.join(tmp, f"p{i + 1}"),
                    "--listen", addr, "--name", f"p{i + 1}", "--slots", str(slots), *extra]
             if i > 0:
                 cmd += ["--join", addrs[0]]

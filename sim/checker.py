@@ -126,37 +126,10 @@ def check(
     """
     v = Verdict()
     listed = listed or {}
-    acked_by_id: dict[str, list[Submission]] = defaultdict(list)
-    tag_sent: dict[int, str] = {}  # tag -> ACKED / UNKNOWN (the best outcome it had)
-    unknown_at: Counter[str] = Counter()
-    for s in submissions:
-        if s.outcome == ACKED:
-            v.acked += 1
-            acked_by_id[s.job_id].append(s)
-            tag_sent[s.tag] = ACKED
-        elif s.outcome == UNKNOWN:
-            v.unknown += 1
-            unknown_at[s.peer] += 1
-            tag_sent.setdefault(s.tag, UNKNOWN)
-        else:
-            v.rejected += 1
+    acked_by_id, tag_sent, unknown_at = _tally(v, submissions)
     dup: set[str] = set()
     lost_states: Counter[str] = Counter()
-
-    # Acknowledged: each must be done at its home, once, with its own output.
-    for job_id, subs in sorted(acked_by_id.items()):
-        if len(subs) > 1:
-            dup.add(job_id)  # one id promised to two submissions
-        obs = observed.get(job_id)
-        if obs is None or obs.state not in done_states:
-            v.lost.append(job_id)
-            lost_states["missing" if obs is None else obs.state] += 1
-            continue
-        if obs.attempt > 1:
-            v.reexecuted.append(job_id)
-            v.extra_attempts += obs.attempt - 1
-        if tagged and output_tag(obs.output) != subs[0].tag:
-            v.mismatched.append(job_id)
+    _judge_acked(v, acked_by_id, observed, tagged, done_states, dup, lost_states)
 
     # Listed more than once, at one peer or across peers.
     seen: Counter[str] = Counter()
@@ -172,56 +145,110 @@ def check(
         key=lambda j: (home_of(j), int(j.rpartition("-")[2]) if j.rpartition("-")[2].isdigit() else 0),
     )
     if tagged:
-        owners: dict[int, list[str]] = defaultdict(list)
-        for job_id in acked_by_id:
-            obs = observed.get(job_id)
-            tag = output_tag(obs.output) if obs is not None else None
-            if tag is not None:
-                owners[tag].append(job_id)
-        untold: dict[str, list[str]] = defaultdict(list)
-        recovered_at: Counter[str] = Counter()
-        for job_id in extras:
-            obs = observed.get(job_id)
-            tag = output_tag(obs.output) if obs is not None else None
-            if obs is None:  # listed, but its home does not know it
-                v.unexpected.append(job_id)
-                v.unexpected_count += 1
-            elif tag is None:  # unfinished or silent: judged by count below
-                untold[home_of(job_id)].append(job_id)
-            elif tag in tag_sent:
-                owners[tag].append(job_id)  # a second id for an acked job is caught just below
-                if tag_sent[tag] == UNKNOWN:
-                    recovered_at[home_of(job_id)] += 1
-            else:
-                v.unexpected.append(job_id)  # its output names no submission
-                v.unexpected_count += 1
-        for ids in owners.values():
-            if len(ids) > 1:
-                dup.update(ids)
-        v.recovered += sum(recovered_at.values())
-        for peer, ids in untold.items():
-            allowed = max(0, unknown_at[peer] - recovered_at[peer])
-            v.recovered += min(len(ids), allowed)
-            if len(ids) > allowed:
-                v.unexpected_count += len(ids) - allowed
-                v.unexpected.extend(ids)
+        _judge_extras_by_tag(v, extras, acked_by_id, observed, tag_sent, unknown_at, dup)
     else:
-        per_peer: dict[str, list[str]] = defaultdict(list)
-        for job_id in extras:
-            if job_id not in observed:
-                v.unexpected.append(job_id)
-                v.unexpected_count += 1
-            else:
-                per_peer[home_of(job_id)].append(job_id)
-        for peer, ids in per_peer.items():
-            allowed = unknown_at[peer]
-            v.recovered += min(len(ids), allowed)
-            if len(ids) > allowed:
-                v.unexpected_count += len(ids) - allowed
-                v.unexpected.extend(ids)  # which of them are the extra ones cannot be told
+        _judge_extras_by_count(v, extras, observed, unknown_at)
     v.duplicated = sorted(dup)
     v.lost_states = dict(lost_states)
     return v
+
+
+def _tally(v: Verdict, submissions: list[Submission]) -> tuple[dict, dict, Counter]:
+    """Count the outcomes; the acknowledged submissions by id, the best
+    outcome of each tag (ACKED / UNKNOWN), and the unknown ones per peer."""
+    acked_by_id: dict[str, list[Submission]] = defaultdict(list)
+    tag_sent: dict[int, str] = {}  # tag -> ACKED / UNKNOWN (the best outcome it had)
+    unknown_at: Counter[str] = Counter()
+    for s in submissions:
+        if s.outcome == ACKED:
+            v.acked += 1
+            acked_by_id[s.job_id].append(s)
+            tag_sent[s.tag] = ACKED
+        elif s.outcome == UNKNOWN:
+            v.unknown += 1
+            unknown_at[s.peer] += 1
+            tag_sent.setdefault(s.tag, UNKNOWN)
+        else:
+            v.rejected += 1
+    return acked_by_id, tag_sent, unknown_at
+
+
+def _judge_acked(v: Verdict, acked_by_id: dict[str, list[Submission]], observed: dict[str, Observed], tagged: bool,
+                 done_states: frozenset[str], dup: set[str], lost_states: Counter) -> None:
+    """Acknowledged: each must be done at its home, once, with its own output."""
+    for job_id, subs in sorted(acked_by_id.items()):
+        if len(subs) > 1:
+            dup.add(job_id)  # one id promised to two submissions
+        obs = observed.get(job_id)
+        if obs is None or obs.state not in done_states:
+            v.lost.append(job_id)
+            lost_states["missing" if obs is None else obs.state] += 1
+            continue
+        if obs.attempt > 1:
+            v.reexecuted.append(job_id)
+            v.extra_attempts += obs.attempt - 1
+        if tagged and output_tag(obs.output) != subs[0].tag:
+            v.mismatched.append(job_id)
+
+
+def _judge_extras_by_tag(v: Verdict, extras: list[str], acked_by_id: dict[str, list[Submission]],
+                         observed: dict[str, Observed], tag_sent: dict[int, str], unknown_at: Counter,
+                         dup: set[str]) -> None:
+    """Jobs without an acknowledgement, when outputs name their submission:
+    a tag sent with an unknown outcome is recovered, a second id for one tag
+    is a duplicate, a tag never sent is unexpected; silent ones are judged
+    by count, against the unknown outcomes at their home."""
+    owners: dict[int, list[str]] = defaultdict(list)
+    for job_id in acked_by_id:
+        obs = observed.get(job_id)
+        tag = output_tag(obs.output) if obs is not None else None
+        if tag is not None:
+            owners[tag].append(job_id)
+    untold: dict[str, list[str]] = defaultdict(list)
+    recovered_at: Counter[str] = Counter()
+    for job_id in extras:
+        obs = observed.get(job_id)
+        tag = output_tag(obs.output) if obs is not None else None
+        if obs is None:  # listed, but its home does not know it
+            v.unexpected.append(job_id)
+            v.unexpected_count += 1
+        elif tag is None:  # unfinished or silent: judged by count below
+            untold[home_of(job_id)].append(job_id)
+        elif tag in tag_sent:
+            owners[tag].append(job_id)  # a second id for an acked job is caught just below
+            if tag_sent[tag] == UNKNOWN:
+                recovered_at[home_of(job_id)] += 1
+        else:
+            v.unexpected.append(job_id)  # its output names no submission
+            v.unexpected_count += 1
+    for ids in owners.values():
+        if len(ids) > 1:
+            dup.update(ids)
+    v.recovered += sum(recovered_at.values())
+    for peer, ids in untold.items():
+        allowed = max(0, unknown_at[peer] - recovered_at[peer])
+        v.recovered += min(len(ids), allowed)
+        if len(ids) > allowed:
+            v.unexpected_count += len(ids) - allowed
+            v.unexpected.extend(ids)
+
+
+def _judge_extras_by_count(v: Verdict, extras: list[str], observed: dict[str, Observed], unknown_at: Counter) -> None:
+    """Jobs without an acknowledgement, when outputs say nothing: each peer
+    may hold as many as it had submissions with an unknown outcome."""
+    per_peer: dict[str, list[str]] = defaultdict(list)
+    for job_id in extras:
+        if job_id not in observed:
+            v.unexpected.append(job_id)
+            v.unexpected_count += 1
+        else:
+            per_peer[home_of(job_id)].append(job_id)
+    for peer, ids in per_peer.items():
+        allowed = unknown_at[peer]
+        v.recovered += min(len(ids), allowed)
+        if len(ids) > allowed:
+            v.unexpected_count += len(ids) - allowed
+            v.unexpected.extend(ids)  # which of them are the extra ones cannot be told
 
 
 # ---------------------------------------------------------------------------

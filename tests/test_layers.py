@@ -50,3 +50,25 @@ def test_layers_import_only_downwards():
                 top = name.split(".")[0]
                 if top in {"executor", "gossip", "storage", "sim", "tests"}:
                     assert top in may, f"{package}/{path.name} imports {name}"
+
+
+FILE_LINES_MAX = 400
+FUNCTION_LINES_MAX = 70  # TigerBeetle's rule: a function fits on a screen
+
+
+def test_files_and_functions_stay_small():
+    """No module over FILE_LINES_MAX lines and no function over
+    FUNCTION_LINES_MAX in the project's packages: split by concern instead."""
+    too_big = []
+    for package in ("executor", "gossip", "storage", "sim"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            rel = path.relative_to(ROOT)
+            if text.count("\n") > FILE_LINES_MAX:
+                too_big.append(f"{rel}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > FUNCTION_LINES_MAX:
+                        too_big.append(f"{rel}:{node.lineno} {node.name}: {length} lines")
+    assert not too_big, "\n".join(too_big)
