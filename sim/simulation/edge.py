@@ -7,7 +7,7 @@ replies and sends are carried out.
 
 from __future__ import annotations
 
-from executor.core import KillJob, Log, PeerMessage, Reply, ReplyResult, Send, StartJob
+from executor.core import KillJob, Log, PeerMessage, Reply, ReplyResult, Send, StartJob, carry_out
 from gossip.membership import GOSSIP_MESSAGES
 from sim.simulation.base import (
     _JOB_PREFIXES,
@@ -36,8 +36,8 @@ class EdgeMixin:
             core.validate_state()
         except AssertionError as exc:
             raise InvariantViolation(f"{peer.name}: {exc}") from None
-        pending = peer.pending_actions
-        for action in actions:
+
+        def at_once(action) -> None:
             kind = type(action)
             if kind is StartJob:
                 self._start_job(peer, action)
@@ -46,12 +46,18 @@ class EdgeMixin:
             elif kind is Log:
                 if self.opts.trace:
                     self.out.write(f"{now!r} {peer.idx} log {action.text}\n")
-            elif kind is Send and not getattr(action, "wait_sync", True):
-                self._send(peer, action)  # membership: never waits behind the disk (executor.core.is_immediate)
+            elif kind is Send:
+                self._send(peer, action)  # membership's: it never waits behind the disk
             else:
-                pending.append(action)
-        if writes:
+                raise InvariantViolation(f"{peer.name}: unexpected immediate action {action!r}")
+
+        def durably(writes, later) -> None:
+            # The simulated disk: this batch joins the pending one, synced
+            # after a seeded delay (_commit), and its actions wait for it.
             peer.pending_writes += writes
+            peer.pending_actions += later
+
+        carry_out(writes, actions, at_once=at_once, durably=durably)
         if not peer.syncing and (peer.pending_writes or peer.pending_actions):
             self._commit(peer)
         self._check_step(peer, event)
