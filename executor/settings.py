@@ -43,156 +43,43 @@ are what a peer sets in a job's environment; they are not settings.)
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
-import ssl
-import stat
-import re
-import socket
 import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from executor.config import AllowList, Config, Security
-from executor.core.numbers import parse_float, parse_int
+from executor.config import Config
+
+# Split by concern (issue 13): what a value is, and whom to trust, live in
+# their own modules; every name stays importable from `executor.settings`.
+from executor.settings_security import (  # noqa: F401
+    client_tls_context,
+    exposure_problem,
+    load_security,
+)
+from executor.settings_values import (  # noqa: F401
+    DEFAULT_PEER,
+    ENV_ADDR,
+    ENV_CONFIG,
+    ENV_PREFIX,
+    ENV_SECRET,
+    ENV_TLS_CA,
+    ENV_TOKEN,
+    NODE_KEYS,
+    PRESETS,
+    SETTING_FLOAT_MAX,
+    SETTING_INT_MAX,
+    SLOTS_MAX,
+    SettingsError,
+    _field_parser,
+    default_name,
+    parse_bool,
+    parse_hostport,
+    parse_name,
+    parse_positive,
+)
 from gossip.config import GossipConfig
-
-ENV_PREFIX = "PEERJOBS_"
-ENV_CONFIG = "PEERJOBS_CONFIG"
-ENV_ADDR = "PEERJOBS_ADDR"
-ENV_SECRET = "PEERJOBS_SECRET"
-ENV_TOKEN = "PEERJOBS_TOKEN"
-ENV_TLS_CA = "PEERJOBS_TLS_CA"
-DEFAULT_PEER = "127.0.0.1:7001"
-PRESETS = {"local": Config.local, "lan": Config.lan}
-
-_NAME = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*\Z")
-
-SETTING_INT_MAX = 2**63 - 1
-"""Largest integer setting: every count and byte bound fits a signed 64-bit
-integer (what LevelDB, CBOR and the peer frames carry)."""
-
-SETTING_FLOAT_MAX = 1e9
-"""Largest real-valued setting (seconds, multipliers): about 31 years; more
-is a typo, and an infinite timer would never fire."""
-
-SLOTS_MAX = 65536
-"""Largest `--slots`: jobs one peer runs at once (each is a process)."""
-
-
-class SettingsError(Exception):
-    """A setting that cannot be used; the message names it and its source."""
-
-
-# ---------------------------------------------------------------------------
-# Value parsers (shared with the CLI's flags)
-
-
-def parse_hostport(text: str, *, allow_zero: bool = True) -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"{str(text)[:80]!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", parse_int(port, f"the port of {str(text)[:80]!r}",
-                                                      lo=0 if allow_zero else 1, hi=65535)
-
-
-def parse_name(text: str) -> str:
-    if not _NAME.match(text) or len(text) > 64:
-        raise ValueError(f"{text!r}: a peer name is letters, digits, '_', '.' and inner '-' (at most 64)")
-    return text
-
-
-def parse_positive(text: Any) -> int:
-    """A count of slots: 1 to `SLOTS_MAX` (a flag, an env var or a TOML integer)."""
-    if isinstance(text, bool) or not isinstance(text, (int, str)):
-        raise ValueError(f"{text!r} is not a positive integer")
-    return parse_int(text.strip() if isinstance(text, str) else text, "the value", lo=1, hi=SLOTS_MAX)
-
-
-def parse_bool(text: Any) -> bool:
-    if isinstance(text, bool):
-        return text
-    low = str(text).strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{text!r} is not true or false")
-
-
-def default_name(port: int) -> str:
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "peer"
-    return f"{host}.{port}"
-
-
-def _join_list(value: Any) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        item = str(item).strip()
-        if item:
-            h, p = parse_hostport(item, allow_zero=False)
-            out.append(f"{h}:{p}")
-    return out
-
-
-def _hostport_text(value: Any) -> str:
-    h, p = parse_hostport(value)
-    return f"{h}:{p}"
-
-
-def _http(value: Any) -> str | None:
-    if value in (None, "", "off", False):
-        return None
-    return _hostport_text(value)
-
-
-NODE_KEYS: dict[str, Any] = {
-    # key: parser
-    "data": str,
-    "listen": _hostport_text,
-    "slots": parse_positive,
-    "name": parse_name,
-    "join": _join_list,
-    "http": _http,
-    "preset": lambda v: _one_of(v, PRESETS),
-    "verbose": parse_bool,
-    "secret_file": str,
-    "token_file": str,
-    "allow_commands": str,
-    "tls_cert": str,
-    "tls_key": str,
-    "tls_ca": str,
-    "insecure": parse_bool,
-}
-
-
-def _one_of(value: Any, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _integer(value: Any) -> int:
-    """An integer setting (a count or a bound): 0 to `SETTING_INT_MAX`, through
-    the one bounded number parser (executor/core/numbers.py)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
-    return parse_int(value.strip() if isinstance(value, str) else value, "the value", lo=0, hi=SETTING_INT_MAX)
-
-
-def _number(value: Any) -> float:
-    """A real-valued setting (seconds, multipliers): finite, 0 to `SETTING_FLOAT_MAX`."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    return parse_float(value.strip() if isinstance(value, str) else value, "the value", lo=0.0, hi=SETTING_FLOAT_MAX)
-
-
-def _field_parser(kind: Any):
-    return {"bool": parse_bool, "int": _integer, "float": _number, bool: parse_bool, int: _integer,
-            float: _number}.get(kind, str)
-
 
 # ---------------------------------------------------------------------------
 # Resolution
@@ -380,104 +267,3 @@ def resolve_peer(flag: str | None, *, config_flag: str | None = None,
 def _client_addr(value: Any) -> str:
     h, p = parse_hostport(value, allow_zero=False)
     return f"{h}:{p}"
-
-
-# ---------------------------------------------------------------------------
-# Trust (docs/security.md)
-
-
-def _read_secret_file(path: str, what: str, warnings: list[str]) -> bytes:
-    try:
-        st_ = os.stat(path)
-        with open(path, "rb") as f:
-            value = f.read(65536).strip()
-    except OSError as exc:
-        raise SettingsError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
-    if st_.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.append(f"the {what} file {path} is readable by other users (chmod 600 it)")
-    return value
-
-
-def load_security(resolved: NodeSettings, env: dict[str, str] | None = None,
-                  warnings: list[str] | None = None) -> Security:
-    """The secret, token, allow-list and TLS contexts of `peerjobs node`."""
-    env = dict(os.environ) if env is None else env
-    warnings = [] if warnings is None else warnings
-    secret = token = None
-    if resolved.value("secret_file"):
-        secret = _read_secret_file(resolved.value("secret_file"), "secret", warnings)
-    elif env.get(ENV_SECRET):
-        secret = env[ENV_SECRET].strip().encode()
-    if secret is not None and len(secret) < 16:
-        raise SettingsError("the cluster secret must be at least 16 bytes (e.g. `head -c 32 /dev/urandom | "
-                            "base64 > secret`)")
-    if resolved.value("token_file"):
-        token = _read_secret_file(resolved.value("token_file"), "token", warnings)
-    elif env.get(ENV_TOKEN):
-        token = env[ENV_TOKEN].strip().encode()
-    if token is not None and (len(token) < 16 or not token.isascii() or any(c in token for c in b" \t\r\n")):
-        raise SettingsError("the client token must be at least 16 printable ASCII bytes without spaces")
-    allow = None
-    if resolved.value("allow_commands"):
-        path = resolved.value("allow_commands")
-        try:
-            with open(path, encoding="utf-8") as f:
-                allow = AllowList.parse(f.read())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"cannot read the allow-list {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    server_ssl = client_ssl = None
-    cert, key, ca = resolved.value("tls_cert"), resolved.value("tls_key"), resolved.value("tls_ca")
-    if bool(cert) != bool(key):
-        raise SettingsError("--tls-cert and --tls-key go together")
-    if ca and not cert:
-        raise SettingsError("--tls-ca needs --tls-cert and --tls-key")
-    if cert:
-        try:
-            server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            server_ssl.load_cert_chain(cert, key)
-            client_ssl = client_tls_context(ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"TLS: {exc}") from None
-    return Security(secret=secret, token=token, allow=allow, server_ssl=server_ssl, client_ssl=client_ssl)
-
-
-def client_tls_context(ca: str | None) -> ssl.SSLContext:
-    """A context that verifies the peer's certificate: against `ca` (a private
-    cluster CA; any certificate it signed is accepted, whatever its name,
-    since peers are addressed by IP), else against the system's CAs with
-    the usual host name check."""
-    if ca:
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.check_hostname = False
-        return ctx
-    return ssl.create_default_context()
-
-
-def exposure_problem(resolved: NodeSettings, security: Security) -> str | None:
-    """Why this peer must not start as configured, or None. A peer listening
-    beyond loopback with neither a secret nor a token lets anyone who reaches
-    the port run commands as its user; the dashboard is plain HTTP (its API
-    needs the client token when there is one, sent in clear)."""
-    if resolved.value("insecure"):
-        return None
-    host, _ = parse_hostport(resolved.value("listen"))
-    if not _loopback(host) and security.secret is None and security.token is None:
-        return (f"refusing to listen on {host}, beyond loopback, with neither a cluster secret nor a client token: "
-                f"anyone who reaches it could join as a peer or run commands as this user. Set --secret-file "
-                f"(or ${ENV_SECRET}) and --token-file (or ${ENV_TOKEN}), or pass --insecure on a trusted network")
-    http = resolved.value("http")
-    if http and not _loopback(parse_hostport(http)[0]):
-        guard = ("it is plain HTTP, so the client token would cross the network in clear" if security.token
-                 else "without a client token it has no authentication")
-        return (f"refusing to serve the dashboard on {http}, beyond loopback: {guard}, and it shows every job's "
-                f"command and output. Use a loopback address (or a TLS proxy), or pass --insecure on a trusted network")
-    return None
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

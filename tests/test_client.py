@@ -10,6 +10,7 @@ from executor.client import (
     LINE, LINES, RESULT, AsyncClient, Client, PeerError, ReplyReader, Unreachable, WaitTimeout, parse_peer,
     reply_shape,
 )
+from executor.core.protocol import ErrorCode
 from tests.conftest import PeerProcess, free_port
 
 
@@ -80,7 +81,10 @@ def test_sync_api(peer):
         assert c.wait(slow).state == "cancelled"
         with pytest.raises(PeerError) as info:
             c.status("no-such-1")
-        assert info.value.code == "not-home"
+        assert info.value.code is ErrorCode.NOT_HOME
+        # The home's address is data, not prose: "-" when this peer knows no member "no-such".
+        assert info.value.fields == {"home": "-"}
+        assert info.value.message.startswith("job no-such-1 belongs to peer no-such")
 
         (me,) = c.members()
         assert me.id == "c1" and me.is_self and me.slots == 2

@@ -105,6 +105,9 @@ def test_json_api_and_page(web):
     assert json.loads(get(base + f"/api/jobs/{bad}")[2])["stderr"] == "nope\n"
     status, _, body = get(base + "/api/jobs/w1-999999")
     assert status == 404 and json.loads(body)["error"] == "not-found"
+    status, _, body = get(base + "/api/jobs/zz-1")  # another peer's job: its address is a member, not prose
+    assert status == 404 and json.loads(body) == {
+        "error": "not-home", "message": "job zz-1 belongs to peer zz; ask it there", "home": "-"}
     assert get(base + "/nothing")[0] == 404
     assert get(base + "/api/jobs?limit=x")[0] == 400
     status, ctype, page = get(base + "/")
@@ -231,5 +234,6 @@ async def test_node_ask_answers_typed_commands_as_a_client_is_answered(tmp_path)
         assert (await node.ask(protocol.Wait("k1-1", 10.0))).startswith(b"OK k1-1 done ")
         assert (await node.ask(protocol.Result("k1-1"))).startswith(b"OK k1-1 done exit=0 stdout=0 stderr=0")
         assert (await node.ask(protocol.Status("k1-9"))).startswith(b"ERR not-found ")
-        assert (await node.ask(protocol.Status("other-1"))).startswith(b"ERR not-home ")
+        assert await node.ask(protocol.Status("other-1")) == (
+            b"ERR not-home home=- job other-1 belongs to peer other; ask it there\n")
         nursery.cancel_scope.cancel()

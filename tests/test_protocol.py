@@ -11,6 +11,7 @@ from executor.core.protocol import (
     JOB_SEQ_DIGITS_MAX,
     Cancel,
     ClientError,
+    ErrorCode,
     Help,
     LineSplitter,
     ListJobs,
@@ -21,6 +22,7 @@ from executor.core.protocol import (
     Submit,
     Wait,
     command_text_problem,
+    err,
     is_job_id,
     parse_command,
     split_job_id,
@@ -75,6 +77,35 @@ def test_errors_name_what_is_wrong():
     assert err_code(b"\xff\xfe") == "encoding"
     assert err_code(b"SUBMIT a\x00b") == "bad-request"
     assert err_code(b"9" * 20) == "bad-request"
+
+
+def test_error_codes_are_data_and_the_wire_text_is_unchanged():
+    assert isinstance(err_code(b"FROB x"), ErrorCode)
+    assert err(ErrorCode.BUSY, "3 jobs queued here") == b"ERR busy 3 jobs queued here\n"
+    assert err(ErrorCode.AUTH_FAILED, "") == b"ERR auth-failed\n"
+    # Fields come right after the code, before the prose, one token each.
+    line = err(ErrorCode.NOT_HOME, "job n2-1 belongs to peer n2 at 127.0.0.1:7002; ask it there",
+               home="127.0.0.1:7002")
+    assert line == b"ERR not-home home=127.0.0.1:7002 job n2-1 belongs to peer n2 at 127.0.0.1:7002; ask it there\n"
+    exc = ClientError(ErrorCode.NOT_HOME, "job x-1 belongs to peer x; ask it there", home="-")
+    assert exc.reply() == b"ERR not-home home=- job x-1 belongs to peer x; ask it there\n"
+
+
+def test_client_reads_error_fields_as_data():
+    from executor.client import PeerError, WaitTimeout, parse_error
+
+    e = parse_error("ERR not-home home=127.0.0.1:7002 job n2-1 belongs to peer n2 at 127.0.0.1:7002; ask it there")
+    assert (e.code, e.fields) == (ErrorCode.NOT_HOME, {"home": "127.0.0.1:7002"})
+    assert e.code is ErrorCode.NOT_HOME and e.message == "job n2-1 belongs to peer n2 at 127.0.0.1:7002; ask it there"
+    e = parse_error("ERR not-home home=- job x-1 belongs to peer x; ask it there")
+    assert e.fields == {"home": "-"} and e.message.startswith("job x-1 ")
+    # Prose is never mistaken for a field, and a code of a newer peer stays a plain str.
+    e = parse_error("ERR bad-request LIST count must be 1..50")
+    assert (e.code, e.fields, e.message) == (ErrorCode.BAD_REQUEST, {}, "LIST count must be 1..50")
+    e = parse_error("ERR frobnicated x=1 something new")
+    assert type(e.code) is str and e.code == "frobnicated" and e.fields == {"x": "1"}
+    assert type(parse_error("ERR timeout job n1-1 is still running")) is WaitTimeout
+    assert type(parse_error("ERR busy")) is PeerError
 
 
 @settings(max_examples=500)

@@ -17,8 +17,8 @@ import sys
 import pytest
 
 from executor.core import PeerCore
-from executor.jobs import JobState
-from executor.messages import HandoffAck
+from executor.core.jobs import JobState
+from executor.core.messages import HandoffAck
 from sim import simulate as sim
 from tests.conftest import ROOT
 

@@ -28,8 +28,8 @@ peer's replies; `sync.py` and `aio.py` only move bytes. `submit_many` and
 (which come back in order), so one connection keeps dozens of requests in
 flight. `cli.py` is the `peerjobs` command.
 
-Errors: `ERR <code> <message>` raises `PeerError` (`WaitTimeout` for
-`ERR timeout`); a peer that cannot be reached raises `Unreachable` (a
+Errors: `ERR <code> [key=value ...] <message>` raises `PeerError` (`WaitTimeout` for
+`ERR timeout`) with `code` an `ErrorCode` and the `key=value` data in `fields`; a peer that cannot be reached raises `Unreachable` (a
 `ConnectionError`); a connection that breaks or says something that is not
 the protocol raises `ConnectionError`.
 """
@@ -50,6 +50,7 @@ from executor.client.replies import (
     ReplyReader,
     Unreachable,
     WaitTimeout,
+    parse_error,
     parse_peer,
     parse_status,
     reply_shape,
@@ -63,5 +64,5 @@ from executor.client.sync import Client, connect
 __all__ = [
     "DEFAULT_ADDR", "FINAL_STATES", "LINE", "LINES", "RESULT", "WINDOW", "AsyncClient", "Client", "JobResult",
     "JobStatus", "PeerError", "PeerInfo", "Reply", "ReplyReader", "Unreachable", "WaitTimeout", "connect",
-    "parse_peer", "parse_status", "reply_shape", "result_of", "stats_of", "submit_line", "wait_line",
+    "parse_error", "parse_peer", "parse_status", "reply_shape", "result_of", "stats_of", "submit_line", "wait_line",
 ]

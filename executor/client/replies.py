@@ -9,6 +9,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from executor.core.errors import FIELD_TOKEN, ErrorCode
+
 _RECEIVE_BYTES = 65536
 DEFAULT_ADDR = "127.0.0.1:7001"
 WINDOW = 32
@@ -20,12 +22,17 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 
 class PeerError(Exception):
-    """The peer answered `ERR <code> <message>`."""
+    """The peer answered `ERR <code> [key=value ...] <message>`.
 
-    def __init__(self, code: str, message: str) -> None:
+    `code` is an `ErrorCode` (a plain str when a newer peer sends a code this
+    client does not know); `fields` holds the leading `key=value` tokens,
+    which are data (`not-home`'s `home=`); `message` is the prose after them."""
+
+    def __init__(self, code: ErrorCode | str, message: str, fields: dict[str, str] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.fields = dict(fields or {})
 
 
 class WaitTimeout(PeerError):
@@ -36,8 +43,29 @@ class Unreachable(ConnectionError):
     """Nothing answers at the address (refused, no route, timed out)."""
 
 
-def _peer_error(code: str, message: str) -> PeerError:
-    return (WaitTimeout if code == "timeout" else PeerError)(code, message)
+def _error_code(text: str) -> ErrorCode | str:
+    try:
+        return ErrorCode(text)
+    except ValueError:
+        return text  # a code of a newer peer: kept as it came
+
+
+def parse_error(line: str) -> PeerError:
+    """The `PeerError` of one `ERR ...` line (with or without its `ERR `)."""
+    code, _, rest = line.strip().removeprefix("ERR ").partition(" ")
+    return _peer_error(code, rest)
+
+
+def _peer_error(code: str, rest: str) -> PeerError:
+    """The error an `ERR <code> <rest>` line stands for: leading `key=value`
+    tokens of `rest` become `fields`, the remainder is the message."""
+    fields: dict[str, str] = {}
+    words = rest.split(" ")
+    while len(words) > 1 and FIELD_TOKEN.match(words[0]):
+        key, _, value = words.pop(0).partition("=")
+        fields[key] = value
+    known = _error_code(code)
+    return (WaitTimeout if known == ErrorCode.TIMEOUT else PeerError)(known, " ".join(words), fields)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ from executor.core.jobs import JobEvent, JobRecord
 from executor.core.messages import CancelJob
 from executor.core.protocol import (
     HELP_LINES,
+    NOT_HOME_UNKNOWN,
     Cancel,
     ClientError,
     Command,
+    ErrorCode,
     Help,
     JobSpec,
     ListJobs,
@@ -75,18 +77,20 @@ class ClientsMixin:
         home, seq = split_job_id(job_id)
         if home == self.peer_id:
             forgotten = f"; finished jobs beyond the latest {self.config.records_retained_max} are forgotten"
-            raise ClientError("not-found", f"no job {job_id} (this peer has issued {self.next_seq - 1}{forgotten})")
+            raise ClientError(ErrorCode.NOT_FOUND, f"no job {job_id} (this peer has issued {self.next_seq - 1}{forgotten})")
         where = self.cluster.address_of(home) if self.cluster is not None else None
         at = f" at {where}" if where else ""
-        raise ClientError("not-home", f"job {job_id} belongs to peer {home}{at}; ask it there")
+        # The address is also data (`home=`), so a client follows it without reading the prose.
+        raise ClientError(ErrorCode.NOT_HOME, f"job {job_id} belongs to peer {home}{at}; ask it there",
+                          home=where or NOT_HOME_UNKNOWN)
 
     def _submit(self, token: Any, spec: JobSpec, now: float) -> None:
         if self.disk_low:
-            raise ClientError("disk-full", "the disk of this peer is (nearly) full; nothing was stored, "
+            raise ClientError(ErrorCode.DISK_FULL, "the disk of this peer is (nearly) full; nothing was stored, "
                                            "submit again later or to another peer")
         if len(self.queue) >= self.config.queue_jobs_max:
             self.counters.busy_rejections += 1
-            raise ClientError("busy", f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
+            raise ClientError(ErrorCode.BUSY, f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
         seq = self.next_seq
         self.next_seq += 1
         job_id = f"{self.peer_id}-{seq}"
@@ -106,7 +110,7 @@ class ClientsMixin:
 
     def _result(self, token: Any, record: JobRecord) -> None:
         if not record.state.final:
-            raise ClientError("not-finished", f"job {record.job_id} is {record.state.value}")
+            raise ClientError(ErrorCode.NOT_FINISHED, f"job {record.job_id} is {record.state.value}")
         if record.stdout_bytes or record.stderr_bytes:
             self._actions.append(ReplyResult(token, record.job_id))
         else:
@@ -134,7 +138,7 @@ class ClientsMixin:
 
     def _cancel(self, token: Any, record: JobRecord, now: float) -> None:
         if record.state.final:
-            raise ClientError("finished", f"job {record.job_id} is already {record.state.value}")
+            raise ClientError(ErrorCode.FINISHED, f"job {record.job_id} is already {record.state.value}")
         record.apply(JobEvent.CANCEL)
         record.finished_at = self._wall
         record.reason = "cancelled"
@@ -178,7 +182,7 @@ class ClientsMixin:
             for waiter in self.waiters[job_id]:
                 if waiter.deadline <= now:
                     state = self.records[job_id].state.value
-                    self._reply(waiter.token, err("timeout", f"job {job_id} is still {state}"))
+                    self._reply(waiter.token, err(ErrorCode.TIMEOUT, f"job {job_id} is still {state}"))
                 else:
                     kept.append(waiter)
             if kept:
@@ -209,10 +213,10 @@ def read_result(store: Any, job_id: str) -> bytes:
     try:
         raw = store.get(layout.key(layout.JOB, job_id))
         if raw is None:
-            return err("not-found", f"job {job_id} was forgotten (records_retained_max) before its result could be sent")
+            return err(ErrorCode.NOT_FOUND, f"job {job_id} was forgotten (records_retained_max) before its result could be sent")
         record = JobRecord.from_wire(layout.decode(raw, "job record"))
         output = store.get(layout.key(layout.OUTPUT, job_id))
         stdout, stderr = layout.decode(output, "output") if output is not None else (b"", b"")
     except StoreError as exc:  # a failed read fails this request only
-        return err("storage", f"cannot read the result of {job_id}: {exc}")
+        return err(ErrorCode.STORAGE, f"cannot read the result of {job_id}: {exc}")
     return result_reply(record, stdout, stderr)

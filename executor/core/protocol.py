@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from executor.core.errors import NOT_HOME_UNKNOWN, ClientError, ErrorCode, err  # noqa: F401 -- names kept here
 from executor.core.numbers import NumberError, parse_int, parse_seconds
 
 # ---------------------------------------------------------------------------
@@ -107,18 +108,6 @@ class Quit:
 
 
 Command = Submit | Status | Result | Wait | Cancel | ListJobs | Peers | Stats | Help | Quit
-
-
-class ClientError(Exception):
-    """A bad request from a client: answered with `ERR <code> <message>`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def reply(self) -> bytes:
-        return err(self.code, self.message)
 
 
 # ---------------------------------------------------------------------------
@@ -271,16 +260,16 @@ def parse_job_id(text: str, verb: str) -> str:
     `bad-id` when malformed)."""
     job_id = text.strip()
     if not job_id:
-        raise ClientError("bad-request", f"{verb} needs a job id, e.g. {verb} n1-1")
+        raise ClientError(ErrorCode.BAD_REQUEST, f"{verb} needs a job id, e.g. {verb} n1-1")
     if not is_job_id(job_id):
         shown = job_id[:64] + ("..." if len(job_id) > 64 else "")
-        raise ClientError("bad-id", f"{shown!r} is not a job id (like n1-42; at most "
+        raise ClientError(ErrorCode.BAD_ID, f"{shown!r} is not a job id (like n1-42; at most "
                                     f"{JOB_SEQ_DIGITS_MAX} digits after the last dash)")
     return job_id
 
 
 def _bad_number(exc: NumberError) -> ClientError:
-    return ClientError("bad-request", str(exc))
+    return ClientError(ErrorCode.BAD_REQUEST, str(exc))
 
 
 def parse_command(
@@ -290,12 +279,12 @@ def parse_command(
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        raise ClientError("encoding", "line is not valid UTF-8") from None
+        raise ClientError(ErrorCode.ENCODING, "line is not valid UTF-8") from None
     if "\x00" in text:
-        raise ClientError("bad-request", "line contains a NUL byte")
+        raise ClientError(ErrorCode.BAD_REQUEST, "line contains a NUL byte")
     text = text.strip()
     if not text:
-        raise ClientError("bad-request", "empty line; try HELP")
+        raise ClientError(ErrorCode.BAD_REQUEST, "empty line; try HELP")
     try:
         return _parse_text(text, command_bytes_max, timeout_max_s, wait_max_s, list_max)
     except NumberError as exc:
@@ -329,13 +318,13 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
         return ListJobs(parse_int(arg, "LIST count", lo=1, hi=list_max))
     if upper in ("PEERS", "STATS", "HELP", "QUIT"):
         if args.strip():
-            raise ClientError("bad-request", f"{upper} takes no arguments")
+            raise ClientError(ErrorCode.BAD_REQUEST, f"{upper} takes no arguments")
         return {"PEERS": Peers, "STATS": Stats, "HELP": Help, "QUIT": Quit}[upper]()
     if verb == "r" and is_job_id(args.strip()):
         return Result(args.strip())
     if verb.startswith("r") and not args and is_job_id(verb[1:]):
         return Result(verb[1:])
-    raise ClientError("unknown-command", f"{verb[:32]!r} is not a command; try HELP")
+    raise ClientError(ErrorCode.UNKNOWN_COMMAND, f"{verb[:32]!r} is not a command; try HELP")
 
 
 def _parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> JobSpec:
@@ -346,12 +335,12 @@ def _parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Jo
         timeout = parse_seconds(value, "--timeout", hi=timeout_max_s)
         args = args.strip()
     if not args:
-        raise ClientError("bad-request", "SUBMIT needs a command, e.g. SUBMIT echo hello")
+        raise ClientError(ErrorCode.BAD_REQUEST, "SUBMIT needs a command, e.g. SUBMIT echo hello")
     if len(args.encode()) > command_bytes_max:
-        raise ClientError("command-too-long", f"command is longer than {command_bytes_max} bytes")
+        raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
     problem = command_text_problem(args)
     if problem is not None:
-        raise ClientError("bad-request", problem)
+        raise ClientError(ErrorCode.BAD_REQUEST, problem)
     return JobSpec(kind="sh", command=args, timeout_s=timeout)
 
 
@@ -361,10 +350,6 @@ def _parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Jo
 
 def ok(text: str) -> bytes:
     return f"OK {text}\n".encode()
-
-
-def err(code: str, message: str) -> bytes:
-    return f"ERR {code} {message}\n".encode()
 
 
 def lines_reply(what: str, lines: list[str]) -> bytes:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterator
+import heapq
+from collections.abc import Callable
 
 from executor.core.jobs import JobRecord
 
@@ -30,10 +31,21 @@ class QueriesMixin:
         record = self.records.get(job_id)
         return None if record is None else dataclasses.replace(record)
 
-    def jobs(self) -> Iterator[JobRecord]:
-        """Copies of the home records, newest first (by this peer's sequence)."""
-        for job_id in reversed(self.records):
-            yield dataclasses.replace(self.records[job_id])
+    def find_jobs(self, limit: int, *, state: str | None = None, text: str | None = None,
+                  key: Callable[[JobRecord], object]) -> list[JobRecord]:
+        """Copies of the `limit` home records largest by `key` among those in
+        `state` whose id or command holds `text` (the dashboard's list)."""
+        matching = (r for r in self.records.values()
+                    if (not state or r.state.value == state)
+                    and (not text or text in r.job_id or text in r.spec.command))
+        return [dataclasses.replace(r) for r in heapq.nlargest(limit, matching, key=key)]
+
+    def job_total(self) -> int:
+        return len(self.records)
+
+    def finished_total(self) -> int:
+        """Jobs of this home that finished (done or failed) since the start."""
+        return self.counters.finished + self.counters.failed
 
     def job_counts(self) -> collections.Counter[str]:
         """Home records by state."""

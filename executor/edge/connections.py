@@ -16,6 +16,7 @@ import logging
 import trio
 
 from executor.core import protocol
+from executor.core.protocol import ErrorCode
 from gossip.wire import HELLO_LINE_BYTES_MAX, HELLO_PREFIX
 
 log = logging.getLogger("peerjobs")
@@ -50,12 +51,12 @@ class ConnectionsMixin(SessionsMixin):
             if self.connections >= cfg.client_connections_max + cfg.peer_links_max:
                 self.edge_stats["refused_connections"] += 1
                 await _say(stream, protocol.err(
-                    "too-many-connections", f"this peer serves at most {cfg.client_connections_max} connections"))
+                    ErrorCode.TOO_MANY_CONNECTIONS, f"this peer serves at most {cfg.client_connections_max} connections"))
                 return
             if limited and self._per_source[source] >= cfg.client_connections_per_source_max:
                 self.edge_stats["refused_per_source"] += 1
                 await _say(stream, protocol.err(
-                    "too-many-connections",
+                    ErrorCode.TOO_MANY_CONNECTIONS,
                     f"this peer serves at most {cfg.client_connections_per_source_max} connections per address"))
                 return
             self.connections += 1
@@ -98,12 +99,12 @@ class ConnectionsMixin(SessionsMixin):
             if scope.cancelled_caught:
                 if first:
                     self.edge_stats["slow_sender"] += 1
-                    await _say(stream, protocol.err("slow-sender", f"line not completed within {cfg.slow_sender_s:g} s; closing"))
+                    await _say(stream, protocol.err(ErrorCode.SLOW_SENDER, f"line not completed within {cfg.slow_sender_s:g} s; closing"))
                 elif token is not None:
                     self.edge_stats["client_auth_refused"] += 1
-                    await _say(stream, protocol.err("auth-required", "send AUTH <token> first; closing"))
+                    await _say(stream, protocol.err(ErrorCode.AUTH_REQUIRED, "send AUTH <token> first; closing"))
                 else:
-                    await _say(stream, protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing"))
+                    await _say(stream, protocol.err(ErrorCode.IDLE_TIMEOUT, f"no request for {cfg.client_idle_s:g} s; closing"))
                 return
             if not chunk:
                 return
@@ -117,12 +118,12 @@ class ConnectionsMixin(SessionsMixin):
         if first.startswith(HELLO_PREFIX):
             if b"\n" not in first:
                 self.edge_stats["bad_hello"] += 1
-                await _say(stream, protocol.err("protocol-error", "hello line too long"))
+                await _say(stream, protocol.err(ErrorCode.PROTOCOL_ERROR, "hello line too long"))
                 return
             if self.peer_links >= cfg.peer_links_max:
                 self.edge_stats["refused_links"] += 1
                 await _say(stream, protocol.err(
-                    "too-many-connections", f"this peer serves at most {cfg.peer_links_max} peer links"))
+                    ErrorCode.TOO_MANY_CONNECTIONS, f"this peer serves at most {cfg.peer_links_max} peer links"))
                 return
             self.peer_links += 1
             try:
@@ -133,7 +134,7 @@ class ConnectionsMixin(SessionsMixin):
         if self.clients >= cfg.client_connections_max:
             self.edge_stats["refused_connections"] += 1
             await _say(stream, protocol.err(
-                "too-many-connections", f"this peer serves at most {cfg.client_connections_max} connections"))
+                ErrorCode.TOO_MANY_CONNECTIONS, f"this peer serves at most {cfg.client_connections_max} connections"))
             return
         await self._serve_client(stream, first)
 

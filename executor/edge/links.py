@@ -19,26 +19,24 @@ and counted); `frame_bytes_max` per frame, checked on both sides;
 `slow_sender_s` for a started frame to arrive whole; `slow_receiver_s` for
 the other side to take a batch of frames. A link that sends bytes the codec
 rejects, a frame with a bad tag, or a message that fails `check_message`
-(values the codec's type check cannot judge: ids, addresses, job fields, and
-who may send what) is closed, logged and counted, and the peer keeps serving
+(executor/edge/link_checks.py: values the codec's type check cannot judge:
+ids, addresses, job fields, and who may send what) is closed, logged and counted, and the peer keeps serving
 everybody else. Nothing from a closed link reaches the core.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import re
 import secrets
 import socket
 from collections import Counter
 
 import trio
 
-from executor.core import messages as jm
 from executor.core import PeerMessage, PeerUnreachable
-from executor.core.protocol import command_text_problem, is_job_id
+from executor.core.protocol import ErrorCode, err
+from executor.edge.link_checks import _check_value, check_message  # noqa: F401 -- names kept here
 from gossip import auth, membership, wire
 from storage import layout
 
@@ -54,107 +52,6 @@ _RECONNECT_BACKOFF_S = 0.05
 async def _open_tcp(addr: str) -> trio.SocketStream:
     host, _, port = addr.rpartition(":")
     return await trio.open_tcp_stream(host.strip("[]"), int(port))
-
-
-# ---------------------------------------------------------------------------
-# What a decoded message may hold (sans-IO; the codec has checked the types)
-
-_PEER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-# Job ids and commands are judged by executor/core/protocol.py's `is_job_id` and
-# `command_text_problem`, the very predicates the client parser uses: a job a
-# client was told `OK` for can always cross a link, and nothing a link
-# refuses can be submitted (a CR in a command once wedged handoffs).
-_ADDR = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,255}):([0-9]{1,5})\Z")
-_REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-_INT_MAX = 2**63 - 1
-_EXIT_CODE_MAX = 2**31
-_SLEEP_MS_MAX = 24 * 3600 * 1000
-
-_TOP_LEVEL = frozenset(membership.GOSSIP_MESSAGES) | {
-    jm.StealRequest, jm.Handoff, jm.HandoffAck, jm.JobMoved, jm.JobResult, jm.ResultAck, jm.CancelJob,
-    jm.Audit, jm.AuditReply}
-# Fields naming the peer that sent the message: they must be the link's own
-# (authenticated) peer id, so a peer cannot speak for another.
-_SENDER_FIELD = {jm.StealRequest: "thief", jm.Handoff: "sender", jm.HandoffAck: "receiver",
-                 jm.JobMoved: "executor", jm.JobResult: "executor", jm.Audit: "auditor",
-                 jm.AuditReply: "holder"}
-_PEER_FIELDS = frozenset({"id", "from_id", "target_id", "thief", "sender", "receiver", "executor", "home",
-                          "auditor", "holder"})
-_JOB_ID_FIELDS = frozenset({"job_id", "job_ids", "missing"})
-_ADDR_FIELDS = frozenset({"addr", "from_addr", "target_addr"})
-
-
-def check_message(msg, link_peer_id: str, config) -> None:
-    """Raise `wire.ProtocolError` unless `msg` (decoded and type-checked by
-    gossip/wire.py) is something a peer may send us on a link that announced
-    `link_peer_id`: a top-level message kind, well-formed ids and addresses
-    (they end up in replies to clients and in LevelDB keys), finite numbers,
-    non-negative counters, runnable job fields, and sender fields equal to the
-    link's peer. The core then judges the meaning (stale incarnations, unknown
-    transfers, acks for nothing) and ignores what does not apply."""
-    if type(msg) not in _TOP_LEVEL:
-        raise wire.ProtocolError(f"{type(msg).__name__} is not a message a peer sends on its own")
-    sender_field = _SENDER_FIELD.get(type(msg))
-    if sender_field is not None and getattr(msg, sender_field) != link_peer_id:
-        raise wire.ProtocolError(
-            f"{type(msg).__name__}.{sender_field}={getattr(msg, sender_field)!r} on the link of {link_peer_id!r}")
-    _check_value(msg, "", config)
-
-
-def _check_value(value, name: str, config) -> None:
-    kind = type(value)
-    if kind is int:
-        limit = _EXIT_CODE_MAX if name == "exit_code" else _INT_MAX
-        low = -limit if name == "exit_code" else 0
-        if not low <= value <= limit:
-            # Never str() a peer's integer: one of 5,000 digits makes str()
-            # raise ValueError (Python's digit limit), not the ProtocolError
-            # that closes the link (found by `python -m sim fuzz`).
-            shown = value if abs(value) <= _INT_MAX else f"{'-' if value < 0 else ''}<{value.bit_length()} bits>"
-            raise wire.ProtocolError(f"{name}={shown} out of range")
-    elif kind is float:
-        if not math.isfinite(value):
-            raise wire.ProtocolError(f"{name} is not finite")
-    elif kind is str:
-        if name in _PEER_FIELDS:
-            ok = _PEER_ID.match(value) is not None
-        elif name in _ADDR_FIELDS:
-            m = _ADDR.match(value)
-            ok = m is not None and 0 < int(m.group(2)) <= 65535
-        elif name in _JOB_ID_FIELDS:
-            ok = is_job_id(value)
-        elif name == "reason":
-            ok = _REASON.match(value) is not None
-        elif name == "command":
-            ok = command_text_problem(value) is None
-        else:
-            ok = "\n" not in value and "\r" not in value and "\0" not in value
-        if not ok:
-            raise wire.ProtocolError(f"bad {name or 'string'}: {value[:80]!r}")
-    elif kind is tuple or kind is list:
-        for item in value:
-            _check_value(item, name, config)
-    elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            _check_value(getattr(value, f.name), f.name, config)
-        if kind is jm.JobTransfer:
-            _check_transfer(value, config)
-    # bytes, bool, None, enums: the codec's type check is all they need.
-
-
-def _check_transfer(t: jm.JobTransfer, config) -> None:
-    if t.kind not in ("sh", "sleep"):
-        raise wire.ProtocolError(f"job {t.job_id}: unknown kind {t.kind[:16]!r}")
-    if t.job_id.rpartition("-")[0] != t.home:
-        raise wire.ProtocolError(f"job {t.job_id}: home {t.home!r} does not match its id")
-    if t.kind == "sh" and (not t.command.strip() or len(t.command.encode()) > config.command_bytes_max):
-        raise wire.ProtocolError(f"job {t.job_id}: empty or oversize command")
-    if t.sleep_ms > _SLEEP_MS_MAX:
-        raise wire.ProtocolError(f"job {t.job_id}: sleep_ms {t.sleep_ms} out of range")
-    if t.timeout_s is not None and not 0 < t.timeout_s <= config.job_timeout_max_s:
-        raise wire.ProtocolError(f"job {t.job_id}: timeout_s {t.timeout_s} out of range")
-    if t.attempt < 1:
-        raise wire.ProtocolError(f"job {t.job_id}: attempt {t.attempt} out of range")
 
 
 # ---------------------------------------------------------------------------
@@ -221,7 +118,7 @@ class Links:
         Returns how to seal frames. A `name-conflict` verdict raises
         `wire.NameConflict`, which stops this peer (executor/client/cli.py)."""
         node = self.node
-        incarnation = node.core.cluster.membership.incarnation
+        incarnation = node.core.incarnation
         hello = wire.hello_line(node.peer_id, incarnation, node.addr, self.instance)
         initiator = None
         if self.security.secret is None:
@@ -302,7 +199,11 @@ class Links:
 
     async def serve_inbound(self, stream, first: bytes, source: str, deadline: float) -> None:
         """An accepted connection that began with a hello line (`first` holds
-        it and whatever followed). `deadline`: when the handshake must be done."""
+        it and whatever followed). `deadline`: when the handshake must be done.
+
+        In order: the hello, the secret's challenge-response, the verdict on
+        the claimed id (a name conflict?), then frames; each step refuses
+        the link on its own, and nothing reaches the core before the last."""
         line, _, rest = first.partition(b"\n")
         hello = line + b"\n"
         try:
@@ -310,45 +211,62 @@ class Links:
         except wire.ProtocolError as exc:
             self.stats["bad_hello"] += 1
             log.warning("%s: refused a peer link from %s: %s", self.node.peer_id, source, exc)
-            await _say(stream, b"ERR protocol-error bad hello\n")
+            await _say(stream, err(ErrorCode.PROTOCOL_ERROR, "bad hello"))
             return
         secret = self.security.secret
         if secret is None and self.security.token is not None:
             self.stats["auth_refused"] += 1
             log.warning("%s: refused a peer link from %s (%s): clients need a token here, so peers need the "
                         "cluster secret (--secret-file), and none is set", self.node.peer_id, source, peer_id)
-            await _say(stream, b"ERR auth-failed\n")
+            await _say(stream, err(ErrorCode.AUTH_FAILED, ""))
             return
         opener = None
+        seal_verdict = bytes
         frame_max = self.config.frame_bytes_max
         if secret is not None:
-            acceptor = auth.Acceptor(secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
-            try:
-                with trio.fail_at(deadline):
-                    data = rest
-                    while True:
-                        reply = acceptor.feed(data)
-                        if reply:
-                            await stream.send_all(reply)
-                        if acceptor.done:
-                            break
-                        data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
-                        if not data:
-                            raise auth.AuthError("closed during the handshake")
-            except (auth.AuthError, trio.TooSlowError) as exc:
-                self.stats["auth_refused"] += 1
-                why = "no handshake in time" if isinstance(exc, trio.TooSlowError) else str(exc)
-                log.warning("%s: refused a peer link from %s (claiming %s): %s", self.node.peer_id, source,
-                            peer_id, why)
-                await _say(stream, b"ERR auth-failed\n")
+            acceptor = await self._authenticate(stream, hello, rest, source, peer_id, deadline)
+            if acceptor is None:
                 return
-            self.stats["auth_ok"] += 1
-            rest, opener = acceptor.leftover, acceptor.opener
+            rest, opener, seal_verdict = acceptor.leftover, acceptor.opener, acceptor.seal_verdict
             frame_max += auth.TAG_BYTES
-        seal_verdict = acceptor.seal_verdict if secret is not None else bytes
-        # Only now, with the hello authenticated where a secret says so: is
-        # this id another peer's? (gossip/wire.py InstanceBook)
-        m = self.node.core.cluster.membership.member(peer_id)
+        if not await self._verdict(stream, seal_verdict, (peer_id, incarnation, addr, instance), source, deadline):
+            return
+        await self._receive(stream, rest, opener, wire.FrameDecoder(frame_max), peer_id, addr, source)
+
+    async def _authenticate(self, stream, hello: bytes, rest: bytes, source: str, peer_id: str,
+                            deadline: float) -> auth.Acceptor | None:
+        """The acceptor's side of gossip/auth.py's challenge-response, by
+        `deadline`; None (the link refused) when it fails."""
+        acceptor = auth.Acceptor(self.security.secret, hello, secrets.token_bytes(auth.NONCE_BYTES))
+        try:
+            with trio.fail_at(deadline):
+                data = rest
+                while True:
+                    reply = acceptor.feed(data)
+                    if reply:
+                        await stream.send_all(reply)
+                    if acceptor.done:
+                        break
+                    data = await stream.receive_some(auth.AUTH_LINE_BYTES_MAX)
+                    if not data:
+                        raise auth.AuthError("closed during the handshake")
+        except (auth.AuthError, trio.TooSlowError) as exc:
+            self.stats["auth_refused"] += 1
+            why = "no handshake in time" if isinstance(exc, trio.TooSlowError) else str(exc)
+            log.warning("%s: refused a peer link from %s (claiming %s): %s", self.node.peer_id, source,
+                        peer_id, why)
+            await _say(stream, err(ErrorCode.AUTH_FAILED, ""))
+            return None
+        self.stats["auth_ok"] += 1
+        return acceptor
+
+    async def _verdict(self, stream, seal_verdict, hello: tuple, source: str, deadline: float) -> bool:
+        """Whether the link may go on: refuses (False) a hello whose id is
+        another live peer's, else tells the initiator OK when it asked for a
+        verdict. Only ever called with the hello authenticated where a secret
+        says so (gossip/wire.py InstanceBook)."""
+        peer_id, incarnation, addr, instance = hello
+        m = self.node.core.member(peer_id)
         member = None if m is None else (m.state is not membership.DEAD, m.addr, m.incarnation)
         conflict = self.instances.judge(peer_id, instance, addr, incarnation, member)
         if conflict is not None:
@@ -356,19 +274,23 @@ class Links:
             log.warning("%s: refused a peer link from %s (%s): name conflict: %s", self.node.peer_id, source,
                         peer_id, conflict)
             await _say(stream, seal_verdict(wire.verdict_conflict(conflict)))
-            return
+            return False
         if instance is not None and self.instance is not None:  # a hello without one: a tool, no verdict wanted
             with trio.move_on_at(deadline) as scope:
                 try:
                     await stream.send_all(seal_verdict(wire.verdict_ok(self.node.peer_id, self.instance)))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return
+                    return False
             if scope.cancelled_caught:
-                return
-        decoder = wire.FrameDecoder(frame_max)
+                return False
+        return True
+
+    async def _receive(self, stream, data: bytes, opener, decoder: wire.FrameDecoder, peer_id: str, addr: str,
+                       source: str) -> None:
+        """Frames of an accepted link into the core's inbox, each checked
+        (`check_message`) first; the link closes on the first bad one."""
         inbox = self.node.inbox_send
         slow_s = self.config.slow_sender_s
-        data = rest
         try:
             while True:
                 for body in decoder.feed(data):
@@ -393,8 +315,8 @@ class Links:
         except wire.ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             log.warning("%s: closed the link from %s (%s): %s", self.node.peer_id, peer_id, source, exc)
-            await _say(stream, b"ERR protocol-error " + str(exc)[:120].encode("ascii", "replace")
-                       .replace(b"\n", b" ") + b"\n")
+            why = str(exc)[:120].encode("ascii", "replace").decode().replace("\n", " ")
+            await _say(stream, err(ErrorCode.PROTOCOL_ERROR, why))
 
 
 async def _say(stream, line: bytes) -> None:

@@ -6,7 +6,7 @@ The edge is thin on purpose (see docs/architecture.md). Its tasks:
   waiting in the inbox (up to `commit_events_max`), feeds them to the core,
   writes the core's writes in ONE synced LevelDB batch (in a worker thread, so
   that clients keep being read meanwhile and the next batch fills up: group
-  commit), then carries out the actions;
+  commit), then carries out the actions (executor/edge/pipeline.py);
 * a *ticker* that puts a `Tick` in the inbox every `tick_interval_s`;
 * per client connection, a reader (lines -> commands -> inbox) and a writer
   (replies in request order, so clients may pipeline);
@@ -20,7 +20,6 @@ Nothing here decides anything: every decision is the core's.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import itertools
 import logging
@@ -31,28 +30,27 @@ import time
 
 import trio
 
-from executor.core.cluster import Cluster
 from executor.config import Config, Security
-from executor.edge.connections import ConnectionsMixin
 from executor.core import (
     ClientClosed,
     ClientRequest,
     DiskSpace,
     JobExited,
-    KillJob,
-    Log,
     PeerCore,
-    Reply,
-    ReplyResult,
-    Send,
     StartJob,
     Tick,
-    carry_out,
-    read_result,
 )
+from executor.core.cluster import Cluster
+from executor.edge.connections import ConnectionsMixin
 from executor.edge.links import Links
-from executor.edge.runner import DurableRecords, RecordWriteFailed, kill_orphan_sessions, run_job
-from executor.edge.sessions import _Client, _fill, _Slot
+from executor.edge.pipeline import CommitPipelineMixin, StorageFailed
+from executor.edge.runner import (
+    DurableRecords,
+    RecordWriteFailed,
+    kill_orphan_sessions,
+    run_job,
+)
+from executor.edge.sessions import _Client, _Slot
 from storage import layout
 from storage.store import LevelStore, Store, StoreError
 
@@ -61,11 +59,7 @@ log = logging.getLogger("peerjobs")
 _RECEIVE_BYTES = 65536
 
 
-class StorageFailed(Exception):
-    """A synced write failed: the peer stops (fail-stop); one line says why."""
-
-
-class Node(ConnectionsMixin):
+class Node(ConnectionsMixin, CommitPipelineMixin):
     def __init__(
         self,
         *,
@@ -152,13 +146,9 @@ class Node(ConnectionsMixin):
 
     def statistics(self) -> dict[str, int]:
         """Every counter of this peer: jobs, queue, links, membership, clients."""
-        core = self.core
-        out = {f"jobs_{k}": v for k, v in dataclasses.asdict(core.counters).items()}
-        out.update(issued=core.next_seq - 1, queued=len(core.queue), running=len(core.running), slots=self.slots,
-                   records=len(core.records), outbox=len(core.outbox), lends=len(core.lends),
-                   clients=self.clients, incarnation=core.cluster.membership.incarnation)
+        out = self.core.statistics()
+        out["clients"] = self.clients
         out.update({f"link_{k}": v for k, v in sorted(self.links.stats.items())})
-        out.update({f"gossip_{k}": v for k, v in sorted(core.cluster.membership.statistics().items())})
         return out
 
     async def ask(self, command) -> bytes:
@@ -217,8 +207,8 @@ class Node(ConnectionsMixin):
                                      cluster=cluster, wall=self.wall_clock())
                 self.links = Links(self, nursery, self.connect)
                 self.core.handle_join(self.seeds, snap.peers, now)
-                core = self.core
-                jobs, held, outbox = len(core.records), len(core.queue), len(core.outbox)
+                stats = self.core.statistics()
+                jobs, held, outbox = stats["records"], stats["queued"], stats["outbox"]
                 self.snapshot = None  # recovered: let it go
                 log.info(
                     "%s: listening on %s (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
@@ -252,131 +242,10 @@ class Node(ConnectionsMixin):
         space came back. SUBMIT works again without a restart."""
         while True:
             await trio.sleep(self.config.disk_check_interval_s)
-            if self.core.disk_low:
+            if self.core.disk_is_low:
                 free = await trio.to_thread.run_sync(self.free_bytes) if self.store.blocks else self.free_bytes()
                 if free is not None and free >= self.config.disk_free_bytes_min:
                     await self.inbox_send.send(DiskSpace(False, free))
-
-    async def _core_loop(self) -> None:
-        """Feed events to the core; hand its output to the committer.
-
-        Starting and killing jobs is carried out at once: a job that runs
-        before its record is durable can at worst run for nobody (its SUBMIT
-        was never acknowledged) or run again after a crash (at-least-once),
-        and not waiting for the disk there keeps short jobs flowing. Everything
-        that tells the outside world something waits for the committer.
-        """
-        core, inbox = self.core, self.inbox
-        while True:
-            event = await inbox.receive()
-            now, wall = self.clock(), self.wall_clock()
-            count = 0
-            while True:
-                if type(event) is Tick:
-                    self._tick_pending = False
-                core.handle(event, now, wall)
-                count += 1
-                if count >= self.config.commit_events_max:
-                    break
-                try:
-                    event = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    # Let the readers that are ready add their lines to this
-                    # batch before it is cut: one fsync for all of them.
-                    await trio.lowlevel.checkpoint()
-                    try:
-                        event = inbox.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-            writes, actions = core.take()
-            carry_out(writes, actions, at_once=self._execute, durably=self._commit_later)
-            # Clients already wait at commit_writes_max (_client_reader);
-            # this is the last resort that keeps memory bounded.
-            while len(self._pending_writes) >= 2 * self.config.commit_writes_max:
-                await self._committed.park()
-
-    def _commit_later(self, writes: list, actions: list) -> None:
-        """The edge contract's durable half, pipelined: the committer syncs
-        everything pending as one batch, then carries out its actions."""
-        self._pending_writes += writes
-        self._pending_actions += actions
-        try:
-            self._doorbell.send_nowait(None)
-        except trio.WouldBlock:
-            pass  # the committer will take this batch along with the last
-
-    async def _committer(self, doorbell_recv) -> None:
-        """Write everything pending in one synced batch, then carry out the
-        actions that waited for it. While the disk syncs (in a worker thread:
-        the event loop, and with it membership, never waits for the disk),
-        the core goes on and the next batch fills up (group commit, pipelined).
-
-        Fail-stop (after PostgreSQL's fsyncgate): a write or sync that fails
-        leaves the log's state unknown, so the peer acknowledges nothing of
-        that batch or after it, logs one line and stops (`StorageFailed`);
-        the restart recovers everything acknowledged before."""
-        async for _ in doorbell_recv:
-            writes, actions = self._pending_writes, self._pending_actions
-            self._pending_writes, self._pending_actions = [], []
-            self._committed.unpark_all()
-            if writes:
-                started = time.perf_counter()
-                try:
-                    if self.store.blocks:
-                        free = await trio.to_thread.run_sync(self._write, writes)
-                    else:
-                        free = self._write(writes)  # memory: cannot stall the loop
-                except StoreError as exc:
-                    raise StorageFailed(
-                        f"{self.peer_id}: stopping: a synced write failed ({exc}); nothing of it was acknowledged. "
-                        f"Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
-                        f"peer: it recovers every job acknowledged before") from None
-                if self.on_commit is not None:
-                    self.on_commit(len(writes), time.perf_counter() - started)
-                low = free is not None and free < self.config.disk_free_bytes_min
-                if low != self.core.disk_low:
-                    await self.inbox_send.send(DiskSpace(low, free))
-            for action in actions:
-                self._execute(action)
-
-    def _write(self, writes) -> int | None:
-        """In a worker thread: the synced batch, then the free bytes left."""
-        self.store.write(writes, sync=True)
-        return self.free_bytes()
-
-    def _free_bytes(self) -> int | None:
-        try:
-            st = os.statvfs(self.data_dir)
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize
-
-    def _execute(self, action) -> None:
-        kind = type(action)
-        if kind is Reply:
-            self._deliver(action.token, action.data, action.close)
-        elif kind is StartJob:
-            # The job's cancel scope exists from this moment on, so that a
-            # KillJob carried out in the same batch (a CANCEL handled right
-            # after the start, before the task ran) finds it: cancel wins.
-            scope = self.job_scopes[action.job_id] = trio.CancelScope()
-            self.nursery.start_soon(self._run_job, action, scope)
-        elif kind is Send:
-            self.links.send(action.peer_id, action.addr, action.message)
-        elif kind is ReplyResult:
-            self._deliver(action.token, read_result(self.store, action.job_id), False)
-        elif kind is KillJob:
-            scope = self.job_scopes.get(action.job_id)
-            if scope is not None:
-                scope.cancel()
-        elif kind is Log:
-            log.info("%s: %s", self.peer_id, action.text)
-        else:
-            raise TypeError(f"unknown action {action!r}")
-
-    def _deliver(self, token, data: bytes, close: bool) -> None:
-        client, slot = token
-        _fill(client, slot, data, close)
 
     async def _run_job(self, start: StartJob, scope: trio.CancelScope) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)

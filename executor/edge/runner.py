@@ -228,16 +228,36 @@ async def run_job(
     propagates; the caller turns it into a `cancelled` exit. `spawned` gets
     the session leader's record (`process_record`) and must return once it is
     durable: the command runs only after that."""
-    spec = start.spec
-    if spec.kind == "sleep":
+    if start.spec.kind == "sleep":
         with trio.move_on_after(start.timeout_s) as scope:
-            await trio.sleep(spec.sleep_ms / 1000)
+            await trio.sleep(start.spec.sleep_ms / 1000)
         reason = "timeout" if scope.cancelled_caught else None
         return JobExited(start.job_id, start.attempt, None if reason else 0, reason)
+    try:
+        process, go_write = await _spawn(start, peer_id, workdir)
+    except OSError as exc:
+        return _spawn_error(start, exc)
+    out, errs = _Capture(output_bytes_max), _Capture(output_bytes_max)
+    reason = await _supervise(process, go_write, start, spawned, (out, errs), kill_grace_s)
+    code = process.returncode
+    if reason is None and code is not None and code < 0:
+        reason = f"signal-{-code}"
+    return JobExited(
+        start.job_id,
+        start.attempt,
+        None if reason == "timeout" else code,
+        reason,
+        bytes(out.data),
+        bytes(errs.data),
+        out.truncated or errs.truncated,
+    )
 
+
+async def _spawn(start: StartJob, peer_id: str, workdir: str) -> tuple[trio.Process, int]:
+    """The job's wrapper, a new session leader blocked on its go pipe:
+    (the process, the pipe's write end). On OSError nothing is left open."""
     env = dict(os.environ)
     env.update(PEERJOBS_JOB_ID=start.job_id, PEERJOBS_ATTEMPT=str(start.attempt), PEERJOBS_PEER=peer_id)
-    out, errs = _Capture(output_bytes_max), _Capture(output_bytes_max)
     go_read = go_write = -1
     try:
         # A job may have removed the work directory (`cd .. && rm -rf work`):
@@ -245,7 +265,7 @@ async def run_job(
         os.makedirs(workdir, exist_ok=True)
         go_read, go_write = os.pipe()
         process = await trio.lowlevel.open_process(
-            ["/bin/sh", "-c", _WRAPPER, "peerjobs-job", spec.command],
+            ["/bin/sh", "-c", _WRAPPER, "peerjobs-job", start.spec.command],
             stdin=go_read,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -253,12 +273,23 @@ async def run_job(
             env=env,
             start_new_session=True,
         )
-    except OSError as exc:
+    except OSError:
         for fd in (go_read, go_write):
             if fd >= 0:
                 os.close(fd)
-        return _spawn_error(start, exc)
+        raise
     os.close(go_read)
+    return process, go_write
+
+
+async def _supervise(process: trio.Process, go_write: int, start: StartJob,
+                     spawned: Callable[[dict], Awaitable[None]], captures: tuple[_Capture, _Capture],
+                     kill_grace_s: float) -> str | None:
+    """Let the wrapper exec the command once its record is durable, then
+    collect its output until it exits or its timeout ends it ("timeout"
+    returned; else None). Cancellation stops its process group and
+    propagates; the pipes are closed whatever happens."""
+    out, errs = captures
     reason = None
     try:
         try:
@@ -290,18 +321,7 @@ async def run_job(
         with trio.CancelScope(shield=True):
             for pipe in (process.stdout, process.stderr):
                 await pipe.aclose()
-    code = process.returncode
-    if reason is None and code is not None and code < 0:
-        reason = f"signal-{-code}"
-    return JobExited(
-        start.job_id,
-        start.attempt,
-        None if reason == "timeout" else code,
-        reason,
-        bytes(out.data),
-        bytes(errs.data),
-        out.truncated or errs.truncated,
-    )
+    return reason
 
 
 class RecordWriteFailed(Exception):

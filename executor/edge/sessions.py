@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from executor.core import protocol
 from executor.core import (
     ClientClosed,
     ClientRequest,
+    protocol,
 )
+from executor.core.protocol import ErrorCode
 
 log = logging.getLogger("peerjobs")
 
@@ -108,7 +109,7 @@ class SessionsMixin:
             return None
         if not is_auth:
             self.edge_stats["client_auth_refused"] += 1
-            return protocol.err("auth-required", "send AUTH <token> first; closing"), True
+            return protocol.err(ErrorCode.AUTH_REQUIRED, "send AUTH <token> first; closing"), True
         given = line[5:].strip()
         if hmac.compare_digest(given, token):
             client.authed = True
@@ -116,7 +117,7 @@ class SessionsMixin:
             return protocol.ok("authenticated"), False
         self.edge_stats["client_auth_refused"] += 1
         log.warning("%s: a client gave a wrong token; closed", self.peer_id)
-        return protocol.err("auth-failed", "wrong token; closing"), True
+        return protocol.err(ErrorCode.AUTH_FAILED, "wrong token; closing"), True
 
     async def _client_reader(self, stream, client: _Client, first: bytes) -> None:
         """Lines -> commands -> the inbox, until EOF, QUIT or a closing error.
@@ -156,9 +157,9 @@ class SessionsMixin:
         client.pending.append(slot)
         if line is protocol.LineSplitter.TOO_LONG:
             if not client.authed:
-                _fill(client, slot, protocol.err("auth-required", "send AUTH <token> first; closing"), True)
+                _fill(client, slot, protocol.err(ErrorCode.AUTH_REQUIRED, "send AUTH <token> first; closing"), True)
                 return False
-            _fill(client, slot, protocol.err("line-too-long", f"line longer than {cfg.line_bytes_max} bytes; dropped"))
+            _fill(client, slot, protocol.err(ErrorCode.LINE_TOO_LONG, f"line longer than {cfg.line_bytes_max} bytes; dropped"))
             return True
         edge = self._edge_reply(client, line)
         if edge is None:
@@ -204,7 +205,7 @@ class SessionsMixin:
         if (allow is not None and type(command) is protocol.Submit and command.spec.kind == "sh"
                 and not allow.allows(command.spec.command)):
             self.edge_stats["submit_not_allowed"] += 1
-            return protocol.err("not-allowed", "this peer runs only the commands on its allow-list"), False
+            return protocol.err(ErrorCode.NOT_ALLOWED, "this peer runs only the commands on its allow-list"), False
         return command
 
     async def _receive_more(self, reading: _Reading, client: _Client) -> bytes | None:
@@ -223,11 +224,11 @@ class SessionsMixin:
                 return await reading.stream.receive_some(_RECEIVE_BYTES)
             if slow_at <= idle_at:
                 self.edge_stats["slow_sender"] += 1
-                message = protocol.err("slow-sender", f"line not completed within {cfg.slow_sender_s:g} s; closing")
+                message = protocol.err(ErrorCode.SLOW_SENDER, f"line not completed within {cfg.slow_sender_s:g} s; closing")
             elif client.pending:
                 continue  # a WAIT is outstanding: the client is not idle
             else:
-                message = protocol.err("idle-timeout", f"no request for {cfg.client_idle_s:g} s; closing")
+                message = protocol.err(ErrorCode.IDLE_TIMEOUT, f"no request for {cfg.client_idle_s:g} s; closing")
             slot = _Slot()
             client.pending.append(slot)
             _fill(client, slot, message, True)
