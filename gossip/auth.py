@@ -163,10 +163,10 @@ class FrameOpener:
         return payload
 
 
-class Initiator:
-    """The side that opened the link. ``start()`` gives the bytes to send
-    first; ``feed`` the acceptor's bytes until ``done``, sending what it
-    returns; then seal frames with ``sealer``."""
+class _Handshake:
+    """What both sides of the challenge-response hold: the secret, the hello
+    line that opened the link, this side's fresh nonce, the bounded line
+    reader and, once both nonces are known, the transcript."""
 
     def __init__(self, secret: bytes, hello: bytes, nonce: bytes) -> None:
         if len(nonce) != NONCE_BYTES:
@@ -177,6 +177,15 @@ class Initiator:
         self._lines = _Lines()
         self._transcript: bytes | None = None
         self.done = False
+
+
+class Initiator(_Handshake):
+    """The side that opened the link. ``start()`` gives the bytes to send
+    first; ``feed`` the acceptor's bytes until ``done``, sending what it
+    returns; then seal frames with ``sealer``."""
+
+    def __init__(self, secret: bytes, hello: bytes, nonce: bytes) -> None:
+        super().__init__(secret, hello, nonce)
         self.sealer: FrameSealer | None = None
 
     def start(self) -> bytes:
@@ -218,21 +227,14 @@ class Initiator:
         return verdict + b"\n"
 
 
-class Acceptor:
+class Acceptor(_Handshake):
     """The side that accepted the link, after it has read the hello line.
     ``feed`` the initiator's bytes; send what it returns; once ``done``,
     ``leftover`` holds the bytes that followed the proof (the first frames)
     and ``opener`` checks every frame."""
 
     def __init__(self, secret: bytes, hello: bytes, nonce: bytes) -> None:
-        if len(nonce) != NONCE_BYTES:
-            raise ValueError("nonce must be NONCE_BYTES long")
-        self._secret = check_secret(secret)
-        self._hello = bytes(hello)
-        self._nonce = bytes(nonce)
-        self._lines = _Lines()
-        self._transcript: bytes | None = None
-        self.done = False
+        super().__init__(secret, hello, nonce)
         self.leftover = b""
         self.opener: FrameOpener | None = None
 
