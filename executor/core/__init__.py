@@ -13,7 +13,6 @@ of operation; each concern is a mixin of its own:
 
 from executor.core.clients import read_result, result_reply
 from executor.core.events import (
-    IMMEDIATE_ACTIONS,
     Action,
     ClientClosed,
     ClientRequest,
@@ -36,7 +35,7 @@ from executor.core.events import (
 from executor.core.peer import PeerCore
 
 __all__ = [
-    "IMMEDIATE_ACTIONS", "Action", "ClientClosed", "ClientRequest", "Counters", "DiskSpace", "Event", "JobExited",
+    "Action", "ClientClosed", "ClientRequest", "Counters", "DiskSpace", "Event", "JobExited",
     "KillJob", "Log", "PeerCore", "PeerMessage", "PeerUnreachable", "Reply", "ReplyResult", "Send", "StartJob",
     "Tick", "carry_out", "is_immediate", "read_result", "result_reply",
 ]

@@ -26,17 +26,6 @@ from executor.edge.sessions import SessionsMixin
 
 
 class ConnectionsMixin(SessionsMixin):
-    def client_options(self) -> dict:
-        """What a client of this very peer needs (executor/edge/http.py): token, TLS."""
-        ctx = None
-        if self.security.server_ssl is not None:
-            import ssl
-
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE  # our own port, on the address we bound
-        return {"token": self.security.token.decode() if self.security.token else None, "ssl_context": ctx}
-
     async def serve(self, stream: trio.abc.Stream) -> None:
         """One inbound connection, a client or a peer.
 
