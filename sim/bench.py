@@ -3,6 +3,7 @@
     python -m sim.bench submit [--clients 16] [--in-flight 32] [--seconds 5]
     python -m sim.bench throughput [--jobs 5000]
     python -m sim.bench restart [--jobs 100000]   (sim/restart_bench.py)
+    python -m sim.bench speed [--scenario S1|all]   (sim/bench_speed.py, issue 14)
 
 `submit` measures durable SUBMIT acks per second and ack latency from many
 concurrent clients, each keeping `--in-flight` submissions outstanding on one
@@ -361,13 +362,16 @@ def main(argv=None) -> int:
     m.add_argument("--seed", type=int, default=1)
     r = sub.add_parser("restart", help="kill -9 of a peer with a long queue: time to serve, memory (issue 12)")
     r.add_argument("--jobs", type=int, default=100_000)
-    for p in (s, t, b, m, r):
+    from sim.bench_speed import add_speed_parser, bench_speed
+
+    sp = add_speed_parser(sub)  # issue 14's scenarios (sim/bench_speed.py)
+    for p in (s, t, b, m, r, sp):
         p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args(argv)
     from sim.restart_bench import bench_restart
 
     result = {"submit": bench_submit, "throughput": bench_throughput, "balance": bench_balance,
-              "membership": bench_membership, "restart": bench_restart}[args.what](args)
+              "membership": bench_membership, "restart": bench_restart, "speed": bench_speed}[args.what](args)
     if args.json:
         print(json.dumps(result))
     return 0

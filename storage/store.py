@@ -188,7 +188,8 @@ class LevelStore:
                 # when their directory is synced (POSIX's letter), a power cut
                 # could then lose the new log with synced batches in it (found
                 # with sim/faultfs). An fsync of an unchanged directory costs
-                # next to nothing.
+                # about a third of the batch's own (0.055 of 0.17 ms here):
+                # one per batch, not per job.
                 os.fsync(self._dir_fd)
         except self._plyvel.Error as exc:
             raise StoreIOError(f"writing {self.path}: {exc}") from None
