@@ -86,20 +86,20 @@ class Snapshot:
         return self._scan(OUTBOX)
 
     def _scan(self, prefix: bytes) -> Iterator[dict]:
-        if self.store is None:
-            return
-        loads = cbor2.loads
-        for key, value in self.store.scan(prefix):
-            try:
-                yield loads(value)
-            except Exception as exc:  # cbor2 raises several types on bad input
-                raise StoreCorrupt(f"cannot decode {key.decode(errors='replace')}: {exc}") from None
+        if self.store is not None:
+            for _, value in _values(self.store, prefix):
+                yield value
 
 
-def _values(store: Store, prefix: bytes) -> Iterator[tuple[str, object]]:
-    for k, v in store.scan(prefix):
-        name = k[len(prefix):].decode()
-        yield name, decode(v, (prefix + k[len(prefix):]).decode(errors="replace"))
+def _values(store: Store, prefix: bytes) -> Iterator[tuple[bytes, object]]:
+    """(key, decoded value) of every record under `prefix`; one that does not
+    decode is `StoreCorrupt` naming its key (the name is made only then:
+    recovery decodes every record of a long queue through here)."""
+    for key, value in store.scan(prefix):
+        try:
+            yield key, cbor2.loads(value)
+        except Exception as exc:  # cbor2 raises several types on bad input
+            raise StoreCorrupt(f"cannot decode {key.decode(errors='replace')}: {exc}") from None
 
 
 def load(store: Store) -> Snapshot:
@@ -117,7 +117,7 @@ def load(store: Store) -> Snapshot:
     if raw is not None:
         snap.next_seq = int(decode(raw, "sequence"))
     snap.store = store
-    snap.peers = {name: str(v) for name, v in _values(store, PEER)}
+    snap.peers = {key[len(PEER):].decode(): str(v) for key, v in _values(store, PEER)}
     return snap
 
 

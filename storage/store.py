@@ -157,7 +157,7 @@ class LevelStore:
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             os.fsync(self._dir_fd)
             for directory in (path, os.path.dirname(os.path.abspath(path))):
-                _fsync_dir(directory)
+                _fsync_path(directory, os.O_DIRECTORY)
         except OSError as exc:
             self._db.close()
             raise StoreError(f"cannot sync data directory {path}: {exc.strerror or exc}") from None
@@ -199,10 +199,6 @@ class LevelStore:
     def close(self) -> None:
         self._db.close()
         os.close(self._dir_fd)
-
-
-def _fsync_dir(path: str) -> None:
-    _fsync_path(path, os.O_DIRECTORY)
 
 
 def _fsync_path(path: str, flags: int) -> None:

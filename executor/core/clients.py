@@ -57,7 +57,7 @@ class ClientsMixin:
                         break
                 self._reply(token, lines_reply("jobs", latest))
             elif kind is Peers:
-                self._reply(token, lines_reply("peers", self._peer_lines()))
+                self._reply(token, lines_reply("peers", self.peer_lines()))
             elif kind is Help:
                 self._reply(token, lines_reply("lines", list(HELP_LINES)))
             elif kind is Quit:
@@ -170,7 +170,9 @@ class ClientsMixin:
     def _status_line(self, record: JobRecord) -> bytes:
         return ok(self._status_text(record))
 
-    def _peer_lines(self) -> list[str]:
+    def peer_lines(self) -> list[str]:
+        """PEERS' lines: every member with its state and load, this peer marked
+        (a query the edges use too)."""
         if self.cluster is not None:
             return self.cluster.peer_lines(self.load)
         load = self.load

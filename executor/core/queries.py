@@ -51,10 +51,6 @@ class QueriesMixin:
         """Home records by state."""
         return collections.Counter(record.state.value for record in self.records.values())
 
-    def peer_lines(self) -> list[str]:
-        """PEERS' lines: every member with its state and load, this peer marked."""
-        return self._peer_lines()
-
     def member(self, peer_id: str):
         """Membership's view of `peer_id` (a frozen `gossip.Member`), or None."""
         return None if self.cluster is None else self.cluster.membership.member(peer_id)

@@ -173,10 +173,8 @@ class RunningMixin:
 
     def _holds(self, job_id: str) -> bool:
         """Is a copy of the job here: queued, running, waiting to run, or lent?"""
-        return (
-            job_id in self.queue or job_id in self.running or job_id in self.superseded
-            or any(job.job_id == job_id for lend in self.lends.values() for job in lend.jobs)
-        )
+        return self._held_attempt(job_id) is not None or any(
+            job.job_id == job_id for lend in self.lends.values() for job in lend.jobs)
 
 
 def _result_dict(result: JobResult) -> dict:

@@ -34,7 +34,6 @@ from executor.config import Config, Security
 from executor.core import (
     ClientClosed,
     ClientRequest,
-    DiskSpace,
     JobExited,
     PeerCore,
     StartJob,
@@ -244,8 +243,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin):
             await trio.sleep(self.config.disk_check_interval_s)
             if self.core.disk_is_low:
                 free = await trio.to_thread.run_sync(self.free_bytes) if self.store.blocks else self.free_bytes()
-                if free is not None and free >= self.config.disk_free_bytes_min:
-                    await self.inbox_send.send(DiskSpace(False, free))
+                await self._report_free(free)
 
     async def _run_job(self, start: StartJob, scope: trio.CancelScope) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)

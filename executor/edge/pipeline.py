@@ -107,9 +107,7 @@ class CommitPipelineMixin:
                         f"peer: it recovers every job acknowledged before") from None
                 if self.on_commit is not None:
                     self.on_commit(len(writes), time.perf_counter() - started)
-                low = free is not None and free < self.config.disk_free_bytes_min
-                if low != self.core.disk_is_low:
-                    await self.inbox_send.send(DiskSpace(low, free))
+                await self._report_free(free)
             for action in actions:
                 self._execute(action)
 
@@ -117,6 +115,15 @@ class CommitPipelineMixin:
         """In a worker thread: the synced batch, then the free bytes left."""
         self.store.write(writes, sync=True)
         return self.free_bytes()
+
+    async def _report_free(self, free: int | None) -> None:
+        """Tell the core when the free space crossed `disk_free_bytes_min`
+        (unknown free space changes nothing)."""
+        if free is None:
+            return
+        low = free < self.config.disk_free_bytes_min
+        if low != self.core.disk_is_low:
+            await self.inbox_send.send(DiskSpace(low, free))
 
     def _free_bytes(self) -> int | None:
         try:
