@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="encode and decode every message with gossip.wire (default when peers*jobs <= 200000)")
     p.add_argument("--no-wire", dest="wire", action="store_false")
     p.add_argument("--check-membership", choices=["auto", "full", "period"], default="auto",
-                   help="Membership.validate_state() after every step (full) or once per peer per probe "
-                        "period (period); auto: full up to 50 peers")
+                   help="Membership's and PeerCore's validate_state() after every step (full) or once per "
+                        "peer per probe period (period); auto: full up to 50 peers")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trace", action="store_true", help="print every event delivered to a core")
     return p

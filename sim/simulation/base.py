@@ -56,7 +56,7 @@ class Options:
     clock_step_every_s: float = 1.5  # mean virtual seconds between wall-clock steps of a peer (0: none)
     long_jobs: float = 0.05  # share of jobs sleeping 100-1000 ms (the rest 0-50 ms)
     trace: bool = False
-    check_membership: str = "auto"  # full: validate_state() every step; period: once per peer per probe period
+    check_membership: str = "auto"  # full: both validate_state()s every step; period: once per peer per probe period
 
     def membership_full(self) -> bool:
         return self.check_membership == "full" or (self.check_membership == "auto" and self.peers <= 50)

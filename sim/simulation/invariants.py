@@ -36,14 +36,19 @@ class InvariantsMixin:
         me = membership.member(peer.name)
         if me is None or me.state is not MemberState.ALIVE:
             raise InvariantViolation(f"{peer.name} believes itself {me.state.value if me else 'unknown'}")
-        # validate_state() is O(members): on large runs it is run once per
-        # peer per probe period (its ticks) instead of after every step.
+        # Both validate_state()s are O(state) (members; records and queues):
+        # on large runs they are run once per peer per probe period (its
+        # ticks) instead of after every step (--check-membership).
         if self.membership_full or (event is _TICK_EVENT and self.now >= peer.next_validate_at):
             peer.next_validate_at = self.now + self.config.gossip.probe_interval_s
             try:
                 membership.validate_state()
             except AssertionError as exc:
                 raise InvariantViolation(f"{peer.name}: membership state invalid: {exc!r}") from None
+            try:
+                core.validate_state()
+            except AssertionError as exc:
+                raise InvariantViolation(f"{peer.name}: core state invalid: {exc}") from None
 
     def _check_spec(self, peer: _Peer, job_id: str, stored: JobSpec, what: str) -> None:
         spec = self.specs[self.acked[job_id]]
