@@ -109,6 +109,21 @@ class Config:
     finished are forgotten and STATUS answers not-found. A record costs about
     1 KiB of memory, so this bounds a long-lived peer's memory and store."""
 
+    records_retained_s: float | None = 7 * 24 * 3600.0
+    """How long a finished job is remembered (on the wall clock, from its
+    end) unless it was submitted with `--keep`; None: until the count bound."""
+
+    retry_backoff_max_s: float = 600.0
+    """The longest wait before a retry, whatever `--backoff` and the try
+    number make of it (before jitter)."""
+
+    dependency_poll_s: float = 1.0
+    """How often a home asks other homes about the dependencies its waiting
+    jobs wait for (asking, not subscribing: nothing to lose in a crash)."""
+
+    dependency_query_ids_max: int = 256
+    """Job ids in one dependency query (a frame's worth, with room to spare)."""
+
     job_timeout_default_s: float = 3600.0
     """Run time of a job submitted without --timeout; then it is killed and
     marked failed with reason=timeout."""

@@ -35,12 +35,14 @@ the protocol raises `ConnectionError`.
 """
 
 from executor.client.aio import AsyncClient
+from executor.client.lines import SubmitOptions, list_line
 from executor.client.replies import (
     DEFAULT_ADDR,
     FINAL_STATES,
     LINE,
     LINES,
     RESULT,
+    STATES,
     WINDOW,
     JobResult,
     JobStatus,
@@ -62,7 +64,8 @@ from executor.client.replies import (
 from executor.client.sync import Client, connect
 
 __all__ = [
-    "DEFAULT_ADDR", "FINAL_STATES", "LINE", "LINES", "RESULT", "WINDOW", "AsyncClient", "Client", "JobResult",
+    "DEFAULT_ADDR", "FINAL_STATES", "LINE", "LINES", "RESULT", "STATES", "WINDOW", "AsyncClient", "Client", "JobResult",
     "JobStatus", "PeerError", "PeerInfo", "Reply", "ReplyReader", "Unreachable", "WaitTimeout", "connect",
     "parse_error", "parse_peer", "parse_status", "reply_shape", "result_of", "stats_of", "submit_line", "wait_line",
+    "SubmitOptions", "list_line",
 ]

@@ -4,7 +4,9 @@ harnesses in sim/, the benchmarks)."""
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
+from executor.client.lines import SubmitOptions
 from executor.client.replies import (
     _RECEIVE_BYTES,
     DEFAULT_ADDR,
@@ -19,6 +21,7 @@ from executor.client.replies import (
     WaitTimeout,
     _connect_error,
     _peer_error,
+    list_line,
     parse_peer,
     parse_status,
     reply_shape,
@@ -121,16 +124,18 @@ class AsyncClient:
 
     # --- commands
 
-    async def submit(self, command: str, *, timeout_s: float | None = None) -> str:
-        return (await self.request(submit_line(command, timeout_s))).check().text
+    async def submit(self, command: str, *, timeout_s: float | None = None,
+                     **options: Unpack[SubmitOptions]) -> str:
+        """As `Client.submit` (the same options, checked by `submit_line`)."""
+        return (await self.request(submit_line(command, timeout_s, **options))).check().text
 
     async def submit_many(self, lines: list[str], *, window: int = WINDOW) -> list[str | PeerError]:
         replies = await self.request_many(lines, window=window, timeout_s=self.timeout_s + len(lines) / 100)
         return [r.text if r.ok else _peer_error(r.code, r.message) for r in replies]
 
     async def submit_commands(self, commands: list[str], *, timeout_s: float | None = None,
-                              window: int = WINDOW) -> list[str | PeerError]:
-        return await self.submit_many([submit_line(c, timeout_s) for c in commands], window=window)
+                              window: int = WINDOW, **options: Unpack[SubmitOptions]) -> list[str | PeerError]:
+        return await self.submit_many([submit_line(c, timeout_s, **options) for c in commands], window=window)
 
     async def status(self, job_id: str) -> JobStatus:
         return parse_status((await self.request(f"STATUS {job_id}")).check().text)
@@ -156,8 +161,8 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> None:
         (await self.request(f"CANCEL {job_id}")).check()
 
-    async def list(self, count: int = 20) -> list[JobStatus]:
-        return [parse_status(line) for line in (await self.request(f"LIST {count}")).check().lines]
+    async def list(self, count: int = 20, state: str | None = None) -> list[JobStatus]:
+        return [parse_status(line) for line in (await self.request(list_line(count, state))).check().lines]
 
     async def peers(self) -> list[str]:
         return (await self.request("PEERS")).check().lines

@@ -147,6 +147,11 @@ def cli() -> None:
     """
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 job`, `2 jobs`, `1,000 jobs`: a count with its noun in the right number."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
 def _n(value) -> str:
     return "–" if value is None else f"{value:,}"
 

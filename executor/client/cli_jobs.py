@@ -14,7 +14,15 @@ import time
 
 import click
 
-from executor.client import Client, JobResult, JobStatus, PeerError, WaitTimeout
+from executor.client import (
+    STATES,
+    Client,
+    JobResult,
+    JobStatus,
+    PeerError,
+    WaitTimeout,
+    submit_line,
+)
 from executor.client.cli_common import (
     EXIT_ERROR,
     CliError,
@@ -22,11 +30,11 @@ from executor.client.cli_common import (
     _console,
     _emit_result,
     _job_request,
-    _n,
     _print_json,
     _state_style,
     cli,
     client_command,
+    plural,
 )
 from executor.core.protocol import ErrorCode
 
@@ -46,34 +54,83 @@ def _read_commands(path: str) -> list[str]:
     return [c for c in commands if c and not c.startswith("#")]
 
 
+def _job_ids(values: tuple[str, ...]) -> list[str] | None:
+    """`--after a,b --after c` -> [a, b, c] (None when not given)."""
+    ids = [j.strip() for value in values for j in value.split(",") if j.strip()]
+    return ids or None
+
+
+def _command_text(words: tuple[str, ...]) -> str:
+    """The shell command the words stand for: ONE word is a shell string, run
+    as written (`'echo $HOME | wc -c'`); SEVERAL words keep their meaning,
+    quoted with `shlex.join` (`sh -c 'echo out; exit 3'` runs `sh` with
+    those two arguments), as `docker run` and `kubectl exec` do -- not joined
+    with spaces like ssh, which would turn them into a different command."""
+    import shlex
+
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-f", "--file", "file_", metavar="FILE", help="submit one command per line of FILE ('-': stdin)")
 @click.option("-w", "--wait", is_flag=True, help="wait: print the result (exit with the job's code), or a progress bar")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS", help="the jobs' run time limit")
+@click.option("--retries", type=int, default=None, metavar="N", help="run a failed job again, up to N more times")
+@click.option("--backoff", type=float, default=None, metavar="SECONDS",
+              help="wait BACKOFF x 2^(k-1) before try k+1 (needs --retries)")
+@click.option("--priority", type=int, default=None, metavar="P", help="higher starts first (default 0)")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="set a variable in the job's environment (repeatable; VALUE is one word)")
+@click.option("--cwd", default=None, metavar="DIR", help="the job's working directory on the peer that runs it")
+@click.option("--delay", type=float, default=None, metavar="SECONDS", help="queue the job only after this long")
+@click.option("--at", "at", type=float, default=None, metavar="UNIX_TIME", help="queue the job only at this time")
+@click.option("--keep", type=float, default=None, metavar="SECONDS",
+              help="keep the finished record and output this long")
+@click.option("--after", multiple=True, metavar="ID[,ID...]", help="run once every one of these jobs is done")
+@click.option("--after-any", "after_any", multiple=True, metavar="ID[,ID...]",
+              help="run once every one of these jobs is finished, whatever its state")
 @client_command
-def submit(command, file_, wait, timeout, addr, as_json) -> int:
+def submit(command, file_, wait, timeout, retries, backoff, priority, env, cwd, delay, at, keep, after, after_any,
+           addr, as_json) -> int:
     """Submit a shell command (or a file of them); print the job id.
+
+    ONE word after the options is a shell string, run as written by
+    /bin/sh -c; SEVERAL words keep their meaning (quoted with shlex.join,
+    as `docker run` does), so `-- sh -c 'echo out; exit 3'` runs sh with
+    those two arguments. Options go before the command; `--` ends them.
 
     \b
       peerjobs submit echo hello
+      peerjobs submit 'echo $HOSTNAME | tr a-z A-Z'
       peerjobs submit --wait -- make -j4 test
+      peerjobs submit --retries 3 --backoff 2 --priority 5 --env MODE=fast -- ./flaky.sh
+      peerjobs submit --after n1-4,n1-5 -- ./merge.sh
       seq 100 | sed 's/^/sleep 0.1; echo /' | peerjobs submit --file - --wait
     """
+    if timeout is not None and not (0 < timeout < math.inf):
+        raise click.UsageError("--timeout must be a positive number of seconds")
+    variables = {}
+    for item in env:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise click.UsageError(f"--env takes NAME=VALUE, not {item[:32]!r}")
+        variables[name] = value
+    options = dict(retries=retries, backoff_s=backoff, priority=priority, env=variables or None, cwd=cwd,
+                   delay_s=delay, at=at, keep_s=keep, after=_job_ids(after), after_any=_job_ids(after_any))
     if file_ is not None:
         if command:
             raise click.UsageError("give a command or --file, not both")
         commands = _read_commands(file_)
         if not commands:
             raise CliError(f"{file_} holds no commands")
-        return _submit_batch(addr, commands, timeout, wait, as_json)
+        lines = [_line(c, timeout, options) for c in commands]
+        return _submit_batch(addr, commands, lines, wait, as_json)
     if not command:
         raise click.UsageError("missing the command to run (peerjobs submit <command...>)")
-    if timeout is not None and not (0 < timeout < math.inf):
-        raise click.UsageError("--timeout must be a positive number of seconds")
-    line = " ".join(command)
+    line = _line(_command_text(command), timeout, options)
     with Client(addr, **_client_kw()) as c:
-        job_id = c.submit(line, timeout_s=timeout)
+        job_id = c.request(line)
         if not wait:
             if as_json:
                 _print_json({"id": job_id})
@@ -84,9 +141,18 @@ def submit(command, file_, wait, timeout, addr, as_json) -> int:
         return _emit_result(c.result(job_id), as_json)
 
 
-def _submit_batch(addr: str, commands: list[str], timeout: float | None, wait: bool, as_json: bool) -> int:
+def _line(command: str, timeout: float | None, options: dict) -> str:
+    """The SUBMIT line (executor/client/lines.py checks every option); a bad
+    option is a usage error naming it, before anything is sent."""
+    try:
+        return submit_line(command, timeout, **options)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _submit_batch(addr: str, commands: list[str], lines: list[str], wait: bool, as_json: bool) -> int:
     with Client(addr, **_client_kw()) as c:
-        ids = c.submit_commands(commands, timeout_s=timeout)
+        ids = c.submit_many(lines)
         rejected = [(cmd, err) for cmd, err in zip(commands, ids) if isinstance(err, PeerError)]
         accepted = [(cmd, j) for cmd, j in zip(commands, ids) if isinstance(j, str)]
         for cmd, err in rejected:
@@ -165,8 +231,8 @@ def _batch_summary(rows: list[dict], rejected: int) -> None:
         parts.append(f"[red]{rejected} not submitted[/]")
     runtimes = [r["runtime_ms"] for r in rows if r["runtime_ms"] is not None]
     executors = sorted({r["executor"] for r in rows if r["executor"] not in (None, "-")})
-    console.print(f"{len(rows)} jobs: " + ", ".join(parts)
-                  + (f"; ran on {len(executors)} peer(s): {', '.join(executors)}" if executors else "")
+    console.print(f"{plural(len(rows), 'job')}: " + ", ".join(parts)
+                  + (f"; ran on {plural(len(executors), 'peer')}: {', '.join(executors)}" if executors else "")
                   + (f"; runtime p50 {sorted(runtimes)[len(runtimes) // 2]} ms" if runtimes else ""))
     bad = [r for r in rows if r["state"] != "done"]
     if bad:
@@ -262,30 +328,67 @@ def cancel(job_ids, addr, as_json) -> int:
 
 
 
+_PARSABLE_FIELDS = ("id", "state", "try", "priority", "executor", "exit", "reason", "submitted", "due", "after",
+                    "command")
+"""`jobs --parsable`'s columns, in this order for good: scripts index them.
+`command` is last, since it alone may hold a `|`."""
+
+_COMMAND_CHARS_SHOWN = 40  # the table's command column; --json and --parsable carry it whole
+
+
+def _parsable_row(s: JobStatus) -> str:
+    tries = s.tries
+    values = (s.job_id, s.state, f"{tries[0]}/{tries[1]}" if tries else "", str(s.priority), s.executor,
+              "" if s.exit_code is None else str(s.exit_code), s.reason or "",
+              "" if s.submitted is None else f"{s.submitted:.3f}", "" if s.due is None else f"{s.due:.3f}",
+              ",".join(s.after), s.command or "")
+    return "|".join(values)
+
+
 @cli.command()
 @click.option("-n", "--count", type=click.IntRange(1, 1000), default=20, help="how many (default 20)")
-@click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "cancelled"]), default=None)
+@click.option("--state", type=click.Choice(STATES), default=None,
+              help="only jobs in this state (the peer filters: -n counts matching jobs)")
+@click.option("--parsable", is_flag=True,
+              help="for scripts: a header line, then one line per job, fields separated by | "
+                   "(docs/usage.md lists them)")
 @client_command
-def jobs(count, state, addr, as_json) -> int:
-    """List the latest jobs submitted to the peer."""
+def jobs(count, state, parsable, addr, as_json) -> int:
+    """List the latest jobs submitted to the peer, like squeue.
+
+    Columns: job id, state, try (k/n, with --retries), priority, the peer
+    that runs or ran it, age, why it is not done/queued (reason, or what it
+    waits for), and the command (when the peer sends it).
+    """
     with Client(addr, **_client_kw()) as c:
-        out = c.list(count)
-    if state:
-        out = [s for s in out if s.state == state]
+        out = c.list(count, state)
     if as_json:
         _print_json([s.to_dict() for s in out])
+        return 0
+    if parsable:
+        click.echo("|".join(_PARSABLE_FIELDS))
+        for s in out:
+            click.echo(_parsable_row(s))
         return 0
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0), pad_edge=False)
-    for col, justify in (("job", "left"), ("state", "left"), ("exit", "right"), ("reason", "left"),
-                         ("executor", "left"), ("attempt", "right"), ("runtime", "right"), ("age", "right")):
-        table.add_column(col, justify=justify)
+    for col, justify in (("job", "left"), ("state", "left"), ("try", "right"), ("prio", "right"),
+                         ("executor", "left"), ("age", "right"), ("reason", "left"), ("command", "left")):
+        table.add_column(col, justify=justify, no_wrap=col == "command")
     now = time.time()
     for s in out:
-        table.add_row(s.job_id, f"[{_state_style(s.state)}]{s.state}[/]", _n(s.exit_code), s.reason or "",
-                      s.executor, str(s.attempt), f"{s.runtime_ms} ms" if s.runtime_ms is not None else "–",
-                      _age(now - s.submitted) if s.submitted else "–")
+        tries = s.tries
+        why = s.reason or ""
+        if s.state == "waiting" and s.after:
+            why = why or "after " + ",".join(s.after)
+        elif s.state == "scheduled" and s.due is not None:
+            why = why or f"due in {_age(max(s.due - now, 0))}"
+        command = s.command or "–"
+        if len(command) > _COMMAND_CHARS_SHOWN:
+            command = command[: _COMMAND_CHARS_SHOWN - 1] + "…"
+        table.add_row(s.job_id, f"[{_state_style(s.state)}]{s.state}[/]", f"{tries[0]}/{tries[1]}" if tries else "–",
+                      str(s.priority), s.executor, _age(now - s.submitted) if s.submitted else "–", why, command)
     _console().print(table)
     return 0
 

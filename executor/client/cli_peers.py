@@ -18,6 +18,7 @@ from executor.client.cli_common import (
     _state_style,
     cli,
     client_command,
+    plural,
 )
 
 
@@ -60,7 +61,7 @@ def balance_summary(members: list[PeerInfo]) -> str:
     loads = [((m.queued or 0) + (m.running or 0)) / m.slots for m in alive]
     spread = max(loads) - min(loads)
     verdict = "balanced" if spread <= 1.0 else ("balancing" if spread <= 4 else "unbalanced")
-    return (f"{len(alive)}/{len(members)} alive · {running}/{slots} slots busy · {queued:,} queued · "
+    return (f"{len(alive)}/{len(members)} alive · {running}/{plural(slots, 'slot')} busy · {queued:,} queued · "
             f"load per slot {min(loads):.1f}–{max(loads):.1f} ({verdict})")
 
 

@@ -9,12 +9,15 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from executor.client.lines import list_line, submit_line, wait_line  # noqa: F401 -- names kept here
 from executor.core.errors import FIELD_TOKEN, ErrorCode
 
 _RECEIVE_BYTES = 65536
 DEFAULT_ADDR = "127.0.0.1:7001"
 WINDOW = 32
 FINAL_STATES = ("done", "failed", "cancelled")
+STATES = ("queued", "running", "done", "failed", "cancelled", "scheduled", "waiting")
+"""Every state a STATUS/WAIT/LIST line may carry (docs/protocol.md)."""
 
 
 # ---------------------------------------------------------------------------
@@ -105,10 +108,46 @@ class JobStatus:
         value = self.fields.get("runtime_ms")
         return int(value) if value else None
 
+    @property
+    def priority(self) -> int:
+        """Higher starts first; 0 (the default) when the line has no `priority=`."""
+        return int(self.fields.get("priority", "0"))
+
+    @property
+    def tries(self) -> tuple[int, int] | None:
+        """`try=K/N`: this is try K of at most N (`--retries N-1`); None for a
+        job submitted without retries (the line has no `try=`)."""
+        value = self.fields.get("try")
+        if not value:
+            return None
+        k, _, n = value.partition("/")
+        return int(k), int(n)
+
+    @property
+    def due(self) -> float | None:
+        """The unix time a `scheduled` job (or a retry's wait) becomes queued."""
+        value = self.fields.get("due")
+        return float(value) if value else None
+
+    @property
+    def after(self) -> list[str]:
+        """The job ids a `waiting` job still waits for (`after=ID,ID`)."""
+        value = self.fields.get("after")
+        return value.split(",") if value else []
+
+    @property
+    def command(self) -> str | None:
+        """The job's command, when the line carries it (`command=` is then
+        the last field and runs to the end of the line); None otherwise."""
+        return self.fields.get("command")
+
     def to_dict(self) -> dict:
+        tries = self.tries
         return {"id": self.job_id, "state": self.state, "attempt": self.attempt, "executor": self.executor,
                 "exit": self.exit_code, "reason": self.reason, "submitted": self.submitted,
-                "runtime_ms": self.runtime_ms}
+                "runtime_ms": self.runtime_ms, "priority": self.priority,
+                "try": None if tries is None else list(tries), "due": self.due, "after": self.after,
+                "command": self.command}
 
 
 @dataclass(frozen=True)
@@ -140,7 +179,8 @@ class JobResult:
 
     def to_dict(self) -> dict:
         d = self.status.to_dict()
-        del d["submitted"], d["runtime_ms"]
+        for key in ("submitted", "runtime_ms", "priority", "try", "due", "after", "command"):
+            del d[key]
         d.update(stdout=self.stdout.decode(errors="replace"), stderr=self.stderr.decode(errors="replace"),
                  truncated=self.truncated)
         return d
@@ -169,8 +209,14 @@ def _int_or_none(text: str | None) -> int | None:
 
 
 def parse_status(text: str) -> JobStatus:
-    job_id, state, *rest = text.split(" ")
+    """One STATUS/WAIT/LIST line: `<id> <state> key=value ...`. A `command=`
+    field, if a peer sends one, must be the last: its value (which may hold
+    spaces) runs to the end of the line."""
+    head, sep, command = text.partition(" command=")
+    job_id, state, *rest = head.split(" ")
     fields = dict(item.split("=", 1) for item in rest if "=" in item)
+    if sep:
+        fields["command"] = command
     return JobStatus(job_id, state, fields)
 
 
@@ -286,18 +332,8 @@ class ReplyReader:
 
 
 # ---------------------------------------------------------------------------
-# Requests: the line for each command, shared by both clients
-
-
-def submit_line(command: str, timeout_s: float | None = None) -> str:
-    if "\n" in command or "\r" in command:
-        raise ValueError("a command is one line (no newline); submit several with submit_many")
-    opt = f"--timeout {timeout_s:g} " if timeout_s is not None else ""
-    return f"SUBMIT {opt}{command}"
-
-
-def wait_line(job_id: str, timeout_s: float | None) -> str:
-    return f"WAIT {job_id}" + (f" {max(timeout_s, 0.001):g}" if timeout_s is not None else "")
+# Requests: the line for each command, shared by both clients, are built in
+# executor/client/lines.py (`submit_line`, `wait_line`, `list_line`).
 
 
 def result_of(reply: Reply) -> JobResult:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from typing import Unpack
 
+from executor.client.lines import SubmitOptions
 from executor.client.replies import (
     _RECEIVE_BYTES,
     DEFAULT_ADDR,
@@ -20,6 +22,7 @@ from executor.client.replies import (
     WaitTimeout,
     _connect_error,
     _peer_error,
+    list_line,
     parse_peer,
     parse_status,
     reply_shape,
@@ -122,9 +125,17 @@ class Client:
 
     # --- commands
 
-    def submit(self, command: str, *, timeout_s: float | None = None) -> str:
-        """Submit one shell command; its job id once the peer has it on disk."""
-        return self.request(submit_line(command, timeout_s))
+    def submit(self, command: str, *, timeout_s: float | None = None,
+               **options: Unpack[SubmitOptions]) -> str:
+        """Submit one shell command; its job id once the peer has it on disk.
+
+        Options (keyword, each None by default: the peer's default): `timeout_s`,
+        `retries`, `backoff_s`, `priority`, `env` (a dict), `cwd`, `delay_s`
+        or `at`, `keep_s`, `after` and `after_any` (lists of job ids); see
+        `executor.client.lines.submit_line`, which checks them and raises
+        ValueError/TypeError before anything is sent (an `env` value or `cwd`
+        holding whitespace among them: an option's value is one word)."""
+        return self.request(submit_line(command, timeout_s, **options))
 
     def submit_sleep(self, ms: int) -> str:
         return self.request(str(ms))
@@ -135,9 +146,10 @@ class Client:
         return [r.text if r.ok else _peer_error(r.code, r.message) for r in self.request_many(lines, window=window)]
 
     def submit_commands(self, commands: list[str], *, timeout_s: float | None = None,
-                        window: int = WINDOW) -> list[str | PeerError]:
-        """Submit many shell commands (pipelined); a job id or PeerError each."""
-        return self.submit_many([submit_line(c, timeout_s) for c in commands], window=window)
+                        window: int = WINDOW, **options: Unpack[SubmitOptions]) -> list[str | PeerError]:
+        """Submit many shell commands (pipelined), each with the same options
+        as `submit`; a job id or PeerError each."""
+        return self.submit_many([submit_line(c, timeout_s, **options) for c in commands], window=window)
 
     def status(self, job_id: str) -> JobStatus:
         return parse_status(self.request(f"STATUS {job_id}"))
@@ -171,9 +183,10 @@ class Client:
     def cancel(self, job_id: str) -> None:
         self.request(f"CANCEL {job_id}")
 
-    def list(self, count: int = 20) -> list[JobStatus]:
-        """The latest `count` jobs submitted to this peer, latest first."""
-        return [parse_status(line) for line in self._lines(f"LIST {count}")]
+    def list(self, count: int = 20, state: str | None = None) -> list[JobStatus]:
+        """The latest `count` jobs submitted to this peer, latest first; with
+        `state`, the latest `count` in that state (the peer filters)."""
+        return [parse_status(line) for line in self._lines(list_line(count, state))]
 
     def peers(self) -> list[str]:
         """The raw PEERS lines (see `members` for parsed ones)."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from executor.core.events import Reply, ReplyResult, _Waiter
-from executor.core.jobs import JobEvent, JobRecord
-from executor.core.messages import CancelJob
+from executor.core.jobs import JobRecord, JobState
 from executor.core.protocol import (
     HELP_LINES,
     NOT_HOME_UNKNOWN,
@@ -17,7 +16,6 @@ from executor.core.protocol import (
     Command,
     ErrorCode,
     Help,
-    JobSpec,
     ListJobs,
     Peers,
     Quit,
@@ -40,7 +38,7 @@ class ClientsMixin:
         kind = type(command)
         try:
             if kind is Submit:
-                self._submit(token, command.spec, now)
+                self._submit(token, command, now)
             elif kind is Status:
                 self._reply(token, self._status_line(self._home_record(command.job_id)))
             elif kind is Result:
@@ -52,9 +50,11 @@ class ClientsMixin:
             elif kind is ListJobs:
                 latest = []
                 for job_id in reversed(self.records):
-                    latest.append(self._status_text(self.records[job_id]))
-                    if len(latest) >= command.count:
-                        break
+                    record = self.records[job_id]
+                    if command.state is None or record.state.value == command.state:
+                        latest.append(self._status_text(record))
+                        if len(latest) >= command.count:
+                            break
                 self._reply(token, lines_reply("jobs", latest))
             elif kind is Peers:
                 self._reply(token, lines_reply("peers", self.peer_lines()))
@@ -76,7 +76,9 @@ class ClientsMixin:
             return record
         home, seq = split_job_id(job_id)
         if home == self.peer_id:
-            forgotten = f"; finished jobs beyond the latest {self.config.records_retained_max} are forgotten"
+            ttl = self.config.records_retained_s
+            forgotten = (f"; finished jobs are forgotten when their --keep time{f' (default {ttl:g} s)' if ttl else ''} "
+                         f"is up, or beyond the latest {self.config.records_retained_max}: expired or never issued")
             raise ClientError(ErrorCode.NOT_FOUND, f"no job {job_id} (this peer has issued {self.next_seq - 1}{forgotten})")
         where = self.cluster.address_of(home) if self.cluster is not None else None
         at = f" at {where}" if where else ""
@@ -84,22 +86,26 @@ class ClientsMixin:
         raise ClientError(ErrorCode.NOT_HOME, f"job {job_id} belongs to peer {home}{at}; ask it there",
                           home=where or NOT_HOME_UNKNOWN)
 
-    def _submit(self, token: Any, spec: JobSpec, now: float) -> None:
+    def _submit(self, token: Any, command: Submit, now: float) -> None:
         if self.disk_low:
             raise ClientError(ErrorCode.DISK_FULL, "the disk of this peer is (nearly) full; nothing was stored, "
                                            "submit again later or to another peer")
         if len(self.queue) >= self.config.queue_jobs_max:
             self.counters.busy_rejections += 1
             raise ClientError(ErrorCode.BUSY, f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
+        if len(self.unmet) + len(self.due) >= self.config.queue_jobs_max:
+            self.counters.busy_rejections += 1
+            raise ClientError(ErrorCode.BUSY, f"{len(self.unmet)} jobs waiting and {len(self.due)} scheduled here "
+                                              f"(bound {self.config.queue_jobs_max} each); retry later")
+        self._check_dependencies(command)
         seq = self.next_seq
         self.next_seq += 1
         job_id = f"{self.peer_id}-{seq}"
-        record = JobRecord(job_id, spec, self._wall, executor=self.peer_id)
+        record = JobRecord(job_id, command.spec, self._wall, executor=self.peer_id)
         self.records[job_id] = record
         self.counters.submitted += 1
-        self._writes.append((layout.key(layout.JOB, job_id), layout.encode(record.to_wire())))
         self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
-        self._hold(self._held_from_record(record, 1), now, persist=True)
+        self._admit(record, command)
         self._reply(token, ok(job_id))
         if self.cluster is not None and job_id in self.queue:
             target = self.cluster.push_target(self.load)
@@ -139,25 +145,21 @@ class ClientsMixin:
     def _cancel(self, token: Any, record: JobRecord, now: float) -> None:
         if record.state.final:
             raise ClientError(ErrorCode.FINISHED, f"job {record.job_id} is already {record.state.value}")
-        record.apply(JobEvent.CANCEL)
-        record.finished_at = self._wall
-        record.reason = "cancelled"
-        self.counters.cancelled += 1
-        self._put_record(record)
-        self._retire(record.job_id)
-        self._drop_held(record.job_id)
-        if record.executor != self.peer_id and self.cluster is not None:
-            self._send(record.executor, CancelJob(record.job_id))
-        self.remote_open.pop(record.job_id, None)
+        self._cancel_record(record, "cancelled")
         self._reply(token, ok(f"{record.job_id} cancelled"))
-        self._wake(record)
 
     def _status_text(self, record: JobRecord) -> str:
+        spec, final = record.spec, record.state.final
         fields = {
             "attempt": record.attempt,
             "executor": record.executor or "-",
-            "exit": record.exit_code,
-            "reason": record.reason,
+            "exit": record.exit_code if final else None,
+            "reason": record.reason if final else None,
+            "last": record.reason if not final else None,  # why the previous try failed
+            "try": f"{record.tries}/{spec.tries}" if spec.retries else None,
+            "priority": spec.priority or None,
+            "due": f"{record.due_at:.3f}" if record.state is JobState.SCHEDULED and record.due_at is not None else None,
+            "after": ",".join(self.unmet.get(record.job_id, ())) or None,
             "submitted": f"{record.submitted_at:.3f}",
             "runtime_ms": (
                 round((record.finished_at - record.started_at) * 1000)

@@ -191,6 +191,7 @@ class Counters:
     busy_rejections: int = 0
     results_duplicate: int = 0
     reissued: int = 0
+    retried: int = 0  # failed tries run again (--retries)
     forgotten: int = 0  # final records dropped past records_retained_max
     handoffs_refused: int = 0  # handoffs not taken while the disk was low
     results_refused: int = 0  # results from a peer that does not hold the job's current attempt

@@ -61,6 +61,7 @@ class HandoffMixin:
             JobTransfer(
                 job.job_id, job.home, job.spec.kind, job.spec.command, job.spec.sleep_ms,
                 job.spec.timeout_s, job.attempt, job.moves + 1, job.submitted_at,
+                job.spec.priority, job.spec.env, job.spec.cwd,
             )
             for job in jobs
         )
@@ -90,7 +91,9 @@ class HandoffMixin:
                 continue  # it came home finished meanwhile (or so long ago it is forgotten)
             if record is not None and t.attempt < record.floor:
                 continue  # an attempt this home re-issued: fenced (its newer attempt may be lent away now)
-            spec = JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s)
+            # Back home, a job shares its record's spec (with the options only the home keeps).
+            spec = record.spec if record is not None else JobSpec(
+                t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd)
             job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
             self._hold_newer(job, now)  # durable now: the ack below promises it
             self.counters.steals_in += 1

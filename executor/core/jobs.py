@@ -8,8 +8,13 @@ and the first accepted result. Every other peer only ever *holds* a copy to run
 
 Theory of operation
 -------------------
-* A record is born QUEUED and is acknowledged to the client only once it is
-  durable (group commit; see `executor/core/`).
+* A record is born QUEUED — or WAITING for its dependencies, or SCHEDULED
+  until its due time — and is acknowledged to the client only once it is
+  durable (group commit; see `executor/core/`). Only a QUEUED or RUNNING job
+  is held anywhere; WAITING and SCHEDULED ones are records at home only.
+* RELEASE (or DEFER, when not yet due) ends a wait; DUE ends a schedule.
+* RETRY: a try failed and tries are left; the job is SCHEDULED after its
+  back-off, as a new attempt (the failed run's result is fenced off).
 * START moves it to RUNNING; REQUEUE moves a running job back to QUEUED — after
   a restart of its executor, or when the home re-issues it because its executor
   stayed dead past the grace period. Both bump the attempt number; a result
@@ -29,10 +34,12 @@ import enum
 from sys import intern
 from dataclasses import dataclass, field
 
-from executor.core.protocol import JobSpec
+from executor.core.spec import JobSpec, spec_from_wire
 
 
 class JobState(enum.Enum):
+    SCHEDULED = "scheduled"  # due later: --delay/--at, or a retry's back-off
+    WAITING = "waiting"  # for its dependencies (--after, --after-any)
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -49,6 +56,10 @@ _STATE_OF = {state.value: state for state in JobState}  # a dict lookup: 20x che
 
 
 class JobEvent(enum.Enum):
+    RELEASE = "release"  # the dependencies are satisfied, and it is due
+    DEFER = "defer"  # the dependencies are satisfied, but it is not due yet
+    DUE = "due"  # its due time came
+    RETRY = "retry"  # a try failed and tries are left: scheduled after the back-off
     START = "start"
     REQUEUE = "requeue"
     MOVE = "move"  # the job changed executor, still queued
@@ -57,12 +68,22 @@ class JobEvent(enum.Enum):
     CANCEL = "cancel"
 
 
-Q, R = JobState.QUEUED, JobState.RUNNING
+S, W, Q, R = JobState.SCHEDULED, JobState.WAITING, JobState.QUEUED, JobState.RUNNING
 TRANSITIONS: dict[JobState, dict[JobEvent, JobState]] = {
+    W: {
+        JobEvent.RELEASE: Q,
+        JobEvent.DEFER: S,
+        JobEvent.CANCEL: JobState.CANCELLED,  # by a client, or an afterok dependency that did not succeed
+    },
+    S: {
+        JobEvent.DUE: Q,
+        JobEvent.CANCEL: JobState.CANCELLED,
+    },
     Q: {
         JobEvent.START: R,
         JobEvent.REQUEUE: Q,
         JobEvent.MOVE: Q,
+        JobEvent.RETRY: S,
         JobEvent.SUCCEED: JobState.DONE,
         JobEvent.FAIL: JobState.FAILED,
         JobEvent.CANCEL: JobState.CANCELLED,
@@ -71,6 +92,7 @@ TRANSITIONS: dict[JobState, dict[JobEvent, JobState]] = {
         JobEvent.START: R,  # a newer attempt started elsewhere
         JobEvent.REQUEUE: Q,
         JobEvent.MOVE: Q,
+        JobEvent.RETRY: S,
         JobEvent.SUCCEED: JobState.DONE,
         JobEvent.FAIL: JobState.FAILED,
         JobEvent.CANCEL: JobState.CANCELLED,
@@ -111,6 +133,8 @@ class JobRecord:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     truncated: bool = False
+    tries: int = 1  # which try this is (1 .. spec.retries + 1)
+    due_at: float | None = None  # wall time a SCHEDULED job becomes QUEUED
 
     def apply(self, event: JobEvent) -> None:
         self.state = next_state(self.state, event)
@@ -124,7 +148,7 @@ class JobRecord:
             "e": self.exit_code, "r": self.reason, "ts": self.started_at,
             "tf": self.finished_at, "no": self.stdout_bytes, "ne": self.stderr_bytes,
             "tr": self.truncated,
-        }
+        } | _options(spec, self.tries, self.due_at)
 
     @classmethod
     def from_wire(cls, d: dict) -> JobRecord:
@@ -132,8 +156,9 @@ class JobRecord:
         # Peer ids and kinds come from a handful of values: one string each,
         # not one per record (as when the record was made live).
         return cls(
-            d["id"], JobSpec(intern(d["k"]), d["c"], d["ms"], d["to"]), d["t"], _STATE_OF[d["s"]], d["a"], d["f"],
-            d["mv"], intern(d["x"]), d["e"], d["r"], d["ts"], d["tf"], d["no"], d["ne"], d["tr"],
+            d["id"], spec_from_wire(intern(d["k"]), d["c"], d["ms"], d["to"], d.get("o")), d["t"], _STATE_OF[d["s"]],
+            d["a"], d["f"], d["mv"], intern(d["x"]), d["e"], d["r"], d["ts"], d["tf"], d["no"], d["ne"], d["tr"],
+            d.get("try", 1), d.get("due"),
         )
 
 
@@ -156,9 +181,22 @@ class HeldJob:
             "id": self.job_id, "h": self.home, "k": spec.kind, "c": spec.command,
             "ms": spec.sleep_ms, "to": spec.timeout_s, "a": self.attempt,
             "mv": self.moves, "t": self.submitted_at, "run": self.running,
-        }
+        } | _options(spec, 1, None)
 
     @classmethod
     def from_wire(cls, d: dict) -> HeldJob:
-        return cls(d["id"], intern(d["h"]), JobSpec(intern(d["k"]), d["c"], d["ms"], d["to"]), d["a"], d["mv"], d["t"],
-                   d["run"])
+        return cls(d["id"], intern(d["h"]), spec_from_wire(intern(d["k"]), d["c"], d["ms"], d["to"], d.get("o")),
+                   d["a"], d["mv"], d["t"], d["run"])
+
+
+def _options(spec: JobSpec, tries: int, due_at: float | None) -> dict:
+    """The keys a plain job does without: its stored bytes stay as they were."""
+    out = {}
+    options = spec.options_wire()
+    if options is not None:
+        out["o"] = options
+    if tries != 1:
+        out["try"] = tries
+    if due_at is not None:
+        out["due"] = due_at
+    return out

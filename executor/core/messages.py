@@ -32,6 +32,11 @@ class JobTransfer:
     attempt: int
     moves: int
     submitted_at: float
+    # What the executor needs of the job's options (executor/core/spec.py);
+    # the rest stays in the home's record.
+    priority: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = ""
 
 
 @message("steal")
@@ -127,3 +132,24 @@ class AuditReply:
 
     holder: str
     missing: tuple[str, ...]
+
+
+@message("deps?")
+@dataclass(frozen=True, slots=True)
+class DependencyQuery:
+    """A home asks another home where some of its jobs stand: jobs of ours
+    wait for them (docs/cluster.md, dependencies)."""
+
+    asker: str
+    job_ids: tuple[str, ...]
+
+
+@message("deps")
+@dataclass(frozen=True, slots=True)
+class DependencyReply:
+    """`states`: one (job id, state, submitted at) per id asked; the state is
+    "unknown" for an id the home has no record of (never issued, or
+    forgotten), with submitted at 0."""
+
+    home: str
+    states: tuple[tuple[str, str, float], ...]

@@ -75,10 +75,14 @@ from executor.core.handoff import HandoffMixin
 from executor.core.queries import QueriesMixin
 from executor.core.recovery import RecoveryMixin
 from executor.core.running import RunningMixin
+from executor.core.schedule import ScheduleMixin
+from executor.core.jobqueue import JobQueue
 from executor.core.jobs import HeldJob, JobRecord
 from executor.core.messages import (
     Audit,
     AuditReply,
+    DependencyQuery,
+    DependencyReply,
     CancelJob,
     Handoff,
     HandoffAck,
@@ -93,7 +97,7 @@ from storage import layout
 from storage.store import Write
 
 
-class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesMixin):
+class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, HandoffMixin, RecoveryMixin, QueriesMixin):
     def __init__(
         self,
         peer_id: str,
@@ -114,7 +118,7 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesM
         self.counters = Counters()
         self.next_seq = snapshot.next_seq
         self.records: dict[str, JobRecord] = {}
-        self.queue: OrderedDict[str, HeldJob] = OrderedDict()  # oldest first
+        self.queue = JobQueue()  # highest priority first, then oldest first
         self.running: dict[str, HeldJob] = {}
         self.cancelled_running: set[str] = set()
         self.finished: OrderedDict[str, None] = OrderedDict()  # final records, oldest first
@@ -149,7 +153,9 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesM
             # to tell other peers (where their jobs are) can go out at once.
             for known_id, addr in snapshot.peers.items():
                 cluster.heard_from(known_id, addr)
+        self._init_schedule()
         self._restore(snapshot, now)
+        self._restore_schedule()
 
     def take(self) -> tuple[list[Write], list[Action]]:
         """Writes to make durable (one synced batch), then actions to carry out."""
@@ -249,6 +255,7 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesM
         assert set(self.waiters) <= set(self.records), "a waiter for a job with no record"
         for job_id, out in self.outbox.items():
             assert out.result.job_id == job_id and out.home != self.peer_id, f"outbox entry {job_id} is wrong"
+        self._validate_schedule()
 
     @property
     def load(self) -> balance.PeerLoad:
@@ -256,8 +263,11 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesM
 
     def _on_tick(self, now: float) -> None:
         self._expire_waiters(now)
+        self._release_due()
+        self._expire_kept()
         if self.cluster is None:
             return
+        self._poll_dependencies(now)
         self.cluster.set_local_load(self.load)
         self._absorb(self.cluster.tick(now), now)
         self._resend_results(now)
@@ -302,6 +312,10 @@ class PeerCore(ClientsMixin, RunningMixin, HandoffMixin, RecoveryMixin, QueriesM
             self._on_audit(msg)
         elif kind is AuditReply:
             self._on_audit_reply(msg, now)
+        elif kind is DependencyQuery:
+            self._on_dependency_query(msg)
+        elif kind is DependencyReply:
+            self._on_dependency_reply(msg)
         elif self.cluster is not None:
             self._absorb(self.cluster.receive(sender, msg, now), now)
 

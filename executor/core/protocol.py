@@ -8,14 +8,14 @@ hypothesis tests can throw arbitrary bytes at it.
 
 Grammar (one command per line, UTF-8, LF or CRLF; see docs/protocol.md)::
 
-    SUBMIT [--timeout SECONDS] <shell command>   -> OK <job-id>
+    SUBMIT [options] [--] <shell command>        -> OK <job-id>   (options: executor/core/spec.py)
     <N>                                          -> OK <job-id>   (sleep N ms in the peer)
     STATUS <job-id>                              -> OK <job-id> <state> key=value ...
     RESULT <job-id>      |  r<job-id>            -> OK <job-id> <state> exit=.. stdout=<n> stderr=<m> ...
                                                     then n + m bytes and a newline
     WAIT <job-id> [SECONDS]                      -> as STATUS once finished, ERR timeout otherwise
     CANCEL <job-id>                              -> OK <job-id> cancelled
-    LIST [N]                                     -> OK <k> jobs, then k STATUS lines
+    LIST [N] [--state S]                         -> OK <k> jobs, then k STATUS lines
     PEERS                                        -> OK <k> peers, then k lines
     STATS                                        -> OK <k> stats, then k name=value lines
     HELP                                         -> OK <k> lines, then k lines
@@ -35,30 +35,23 @@ without a newline is returned by `LineSplitter.finish` at EOF.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from executor.core.errors import NOT_HOME_UNKNOWN, ClientError, ErrorCode, err  # noqa: F401 -- names kept here
+from executor.core.ids import (  # noqa: F401 -- names kept here
+    JOB_ID,
+    JOB_ID_CHARS_MAX,
+    JOB_SEQ_DIGITS_MAX,
+    PEER_ID_CHARS_MAX,
+    is_job_id,
+    parse_job_id,
+    split_job_id,
+)
 from executor.core.numbers import NumberError, parse_int, parse_seconds
+from executor.core.spec import JobSpec, Submit, parse_submit, text_problem  # noqa: F401 -- names kept here
 
 # ---------------------------------------------------------------------------
 # Commands
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """What to run. `kind` is "sh" (a /bin/sh -c command) or "sleep" (an
-    in-peer sleep of `sleep_ms`, no process: the seed's benchmark job)."""
-
-    kind: str
-    command: str = ""
-    sleep_ms: int = 0
-    timeout_s: float | None = None  # None: the peer's default
-
-
-@dataclass(frozen=True, slots=True)
-class Submit:
-    spec: JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +78,7 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class ListJobs:
     count: int
+    state: str | None = None  # only jobs in this state
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,85 +181,31 @@ class LineSplitter:
 # parser (client lines), executor/edge/links.py (peer frames) and executor/edge/http.py
 # (URL paths), so that no door accepts what another refuses.
 
-PEER_ID_CHARS_MAX = 64
-"""Longest peer name (executor/settings.py `parse_name`, gossip's peer ids)."""
-
-JOB_SEQ_DIGITS_MAX = 18
-"""Digits of a job's sequence number: 10**18 jobs is more than any peer will
-issue, and it fits a signed 64-bit integer (CBOR, LevelDB keys), so turning
-it into an int is always cheap and never hits Python's digit limit."""
-
-JOB_ID_CHARS_MAX = PEER_ID_CHARS_MAX + 1 + JOB_SEQ_DIGITS_MAX
-
-JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,%d}\Z" % JOB_SEQ_DIGITS_MAX)
-"""`<home peer>-<sequence>`: the home is letters, digits, `_`, `.` and inner
-dashes; the sequence ASCII digits. Only ever matched after the length check
-of `is_job_id`, so the regex never scans more than `JOB_ID_CHARS_MAX`."""
-
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
 _SLEEP_MS_MAX = 24 * 3600 * 1000  # a day: larger is surely a typo
 
 
-def is_job_id(text: str) -> bool:
-    """Whether `text` is a well-formed job id (never raises, whatever the input)."""
-    return type(text) is str and len(text) <= JOB_ID_CHARS_MAX and JOB_ID.match(text) is not None
-
-
 def command_text_problem(command: str) -> str | None:
-    """Why `command` may not be a job's command, or None if it may.
+    """Why `command` may not be a job's command, or None if it may (one
+    predicate for the client parser and the peer-frame check, so that a
+    command a client got `OK` for can always travel between peers)."""
+    return text_problem(command, "command")
 
-    A command is one line of text: no C0 control character except TAB, and
-    no DEL. CR in particular is refused rather than carried: the text
-    protocol is line-based, a peer link refuses it, and a terminal showing
-    `echo a\\rb` would hide the `echo a`. One predicate for the client
-    parser and the peer-frame check, so that a command a client got `OK`
-    for can always travel between peers (docs/protocol.md)."""
-    found = _CONTROL.search(command)
-    if found is None:
-        return None
-    return (f"command contains a control character (U+{ord(found.group()):04X}); "
-            f"a command is one line of printable text (TAB allowed)")
 
 HELP_LINES = (
-    "SUBMIT [--timeout SECONDS] <shell command>  run a command with /bin/sh -c; replies OK <job-id>",
+    "SUBMIT [options] [--] <shell command>       run a command with /bin/sh -c; replies OK <job-id>",
+    "  options: --timeout S  --retries N [--backoff S]  --priority P (higher first)  --env NAME=VALUE (repeat)",
+    "           --cwd DIR  --delay S | --at UNIX_TIME  --keep S  --after ID,..  --after-any ID,..",
     "<N>                                         sleep N milliseconds inside the peer (benchmark job)",
     "STATUS <job-id>                             state, attempt, executor, exit code",
     "RESULT <job-id>  (or r<job-id>)             header, then exactly stdout=<n> and stderr=<m> bytes, then a newline",
     "WAIT <job-id> [SECONDS]                     block until the job finishes, then answer as STATUS",
     "CANCEL <job-id>                             cancel a queued or running job (kills its process group)",
-    "LIST [N]                                    the latest N jobs submitted here",
+    "LIST [N] [--state S]                        the latest N jobs submitted here (in state S)",
     "PEERS                                       every member of the cluster with state and load",
     "STATS                                       this peer's counters, one name=value a line",
     "HELP                                        this text",
     "QUIT                                        close the connection",
 )
-
-
-def split_job_id(job_id: str) -> tuple[str, int]:
-    """`n1-42` -> ("n1", 42). The home peer is everything before the last dash.
-
-    Total: a sequence that is not 1 to `JOB_SEQ_DIGITS_MAX` ASCII digits
-    gives 0, a number no peer issues (sequences start at 1), so whatever
-    reaches here unchecked sorts first and is found nowhere, and nothing
-    raises."""
-    home, _, seq = job_id.rpartition("-")
-    if not (0 < len(seq) <= JOB_SEQ_DIGITS_MAX and seq.isascii() and seq.isdigit()):
-        return home, 0
-    return home, int(seq)
-
-
-def parse_job_id(text: str, verb: str) -> str:
-    """A job id from a client, or `ClientError` (`bad-request` when missing,
-    `bad-id` when malformed)."""
-    job_id = text.strip()
-    if not job_id:
-        raise ClientError(ErrorCode.BAD_REQUEST, f"{verb} needs a job id, e.g. {verb} n1-1")
-    if not is_job_id(job_id):
-        shown = job_id[:64] + ("..." if len(job_id) > 64 else "")
-        raise ClientError(ErrorCode.BAD_ID, f"{shown!r} is not a job id (like n1-42; at most "
-                                    f"{JOB_SEQ_DIGITS_MAX} digits after the last dash)")
-    return job_id
 
 
 def _bad_number(exc: NumberError) -> ClientError:
@@ -299,7 +239,7 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
     verb, _, args = text.partition(" ")
     upper = verb.upper()
     if upper == "SUBMIT":
-        return Submit(_parse_submit(args.strip(), command_bytes_max, timeout_max_s))
+        return parse_submit(args.strip(), command_bytes_max, timeout_max_s)
     if upper == "STATUS":
         return Status(parse_job_id(args, "STATUS"))
     if upper == "RESULT":
@@ -312,10 +252,7 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
     if upper == "CANCEL":
         return Cancel(parse_job_id(args, "CANCEL"))
     if upper == "LIST":
-        arg = args.strip()
-        if not arg:
-            return ListJobs(min(20, list_max))
-        return ListJobs(parse_int(arg, "LIST count", lo=1, hi=list_max))
+        return _parse_list(args.split(), list_max)
     if upper in ("PEERS", "STATS", "HELP", "QUIT"):
         if args.strip():
             raise ClientError(ErrorCode.BAD_REQUEST, f"{upper} takes no arguments")
@@ -327,21 +264,22 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
     raise ClientError(ErrorCode.UNKNOWN_COMMAND, f"{verb[:32]!r} is not a command; try HELP")
 
 
-def _parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> JobSpec:
-    timeout = None
-    if args.startswith("--timeout"):
-        _, _, rest = args.partition(" ")
-        value, _, args = rest.strip().partition(" ")
-        timeout = parse_seconds(value, "--timeout", hi=timeout_max_s)
-        args = args.strip()
-    if not args:
-        raise ClientError(ErrorCode.BAD_REQUEST, "SUBMIT needs a command, e.g. SUBMIT echo hello")
-    if len(args.encode()) > command_bytes_max:
-        raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
-    problem = command_text_problem(args)
-    if problem is not None:
-        raise ClientError(ErrorCode.BAD_REQUEST, problem)
-    return JobSpec(kind="sh", command=args, timeout_s=timeout)
+def _parse_list(words: list[str], list_max: int) -> ListJobs:
+    """LIST [N] [--state S]"""
+    count, state = min(20, list_max), None
+    if words and not words[0].startswith("--"):
+        count = parse_int(words.pop(0), "LIST count", lo=1, hi=list_max)
+    if words:
+        if words[0] != "--state" or len(words) != 2:
+            raise ClientError(ErrorCode.BAD_REQUEST, "LIST takes [N] [--state STATE]")
+        if words[1] not in JOB_STATE_NAMES:
+            raise ClientError(ErrorCode.BAD_REQUEST, f"--state must be one of {', '.join(JOB_STATE_NAMES)}")
+        state = words[1]
+    return ListJobs(count, state)
+
+
+JOB_STATE_NAMES = ("scheduled", "waiting", "queued", "running", "done", "failed", "cancelled")
+"""What `--state` may name (executor/core/jobs.py `JobState`, checked by tests/test_jobs.py)."""
 
 
 # ---------------------------------------------------------------------------

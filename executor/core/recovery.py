@@ -5,7 +5,7 @@ audits that find jobs a holder lost. A mixin of `PeerCore`; no I/O."""
 from __future__ import annotations
 
 from executor.core.events import _Outgoing
-from executor.core.jobs import HeldJob, JobEvent, JobRecord
+from executor.core.jobs import HeldJob, JobEvent, JobRecord, JobState
 from executor.core.messages import Audit, AuditReply, JobResult
 from executor.core.protocol import split_job_id
 from storage import layout
@@ -53,7 +53,8 @@ class RecoveryMixin:
         # batch we wrote (record and q/ always change together); requeue it
         # rather than trust that invariant blindly.
         for record in self.records.values():
-            if not record.state.final and record.executor == self.peer_id and record.job_id not in self.queue:
+            if (record.state in (JobState.QUEUED, JobState.RUNNING) and record.executor == self.peer_id
+                    and record.job_id not in self.queue):
                 self._log(f"job {record.job_id} was recorded here but not held; requeued")
                 self._hold(self._held_from_record(record, record.attempt + 1), now, persist=True)
 

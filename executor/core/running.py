@@ -19,7 +19,7 @@ class RunningMixin:
             self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
 
     def _dispatch(self, now: float) -> None:
-        """Start queued jobs, oldest first, while slots are free."""
+        """Start queued jobs, highest priority and oldest first, while slots are free."""
         while self.queue and len(self.running) < self.slots:
             job_id, job = self.queue.popitem(last=False)
             if job.home == self.peer_id and self._outdated(job):
@@ -103,6 +103,9 @@ class RunningMixin:
             self.counters.results_refused += 1
             return None
         succeeded = result.exit_code == 0 and result.reason is None
+        if not succeeded and record.tries < record.spec.tries:
+            self._retry(record, result, result.reason or "nonzero-exit")
+            return True
         record.apply(JobEvent.SUCCEED if succeeded else JobEvent.FAIL)
         record.attempt = result.attempt  # STATUS and RESULT name the run whose result this is
         record.executor = result.executor
@@ -128,16 +131,14 @@ class RunningMixin:
 
     def _retire(self, job_id: str) -> None:
         """A record became final. Past `records_retained_max` final records,
-        the oldest are forgotten with their output (ids are never reused, so
-        a forgotten id can only ever be answered `not-found`)."""
+        the oldest are forgotten with their output; the rest when their
+        retention time is up (executor/core/schedule.py)."""
         self.finished[job_id] = None
         self._missing.pop(job_id, None)
+        self._became_final(self.records[job_id])
         while len(self.finished) > self.config.records_retained_max:
             old, _ = self.finished.popitem(last=False)
-            del self.records[old]
-            self._writes.append((layout.key(layout.JOB, old), None))
-            self._writes.append((layout.key(layout.OUTPUT, old), None))
-            self.counters.forgotten += 1
+            self._forget(old)
 
     def _put_record(self, record: JobRecord) -> None:
         self._writes.append((layout.key(layout.JOB, record.job_id), layout.encode(record.to_wire())))

@@ -17,6 +17,7 @@ import re
 
 from executor.core import messages as jm
 from executor.core.protocol import command_text_problem, is_job_id
+from executor.core.spec import PRIORITY_MAX, JobSpec, spec_problem
 from gossip import membership, wire
 
 _PEER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
@@ -28,18 +29,19 @@ _ADDR = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,255}):([0-9]{1,5})\Z")
 _REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _INT_MAX = 2**63 - 1
 _EXIT_CODE_MAX = 2**31
+_SIGNED_MAX = {"exit_code": _EXIT_CODE_MAX, "priority": PRIORITY_MAX}  # the only fields that may be negative
 _SLEEP_MS_MAX = 24 * 3600 * 1000
 
 _TOP_LEVEL = frozenset(membership.GOSSIP_MESSAGES) | {
     jm.StealRequest, jm.Handoff, jm.HandoffAck, jm.JobMoved, jm.JobResult, jm.ResultAck, jm.CancelJob,
-    jm.Audit, jm.AuditReply}
+    jm.Audit, jm.AuditReply, jm.DependencyQuery, jm.DependencyReply}
 # Fields naming the peer that sent the message: they must be the link's own
 # (authenticated) peer id, so a peer cannot speak for another.
 _SENDER_FIELD = {jm.StealRequest: "thief", jm.Handoff: "sender", jm.HandoffAck: "receiver",
                  jm.JobMoved: "executor", jm.JobResult: "executor", jm.Audit: "auditor",
-                 jm.AuditReply: "holder"}
+                 jm.AuditReply: "holder", jm.DependencyQuery: "asker", jm.DependencyReply: "home"}
 _PEER_FIELDS = frozenset({"id", "from_id", "target_id", "thief", "sender", "receiver", "executor", "home",
-                          "auditor", "holder"})
+                          "auditor", "holder", "asker"})
 _JOB_ID_FIELDS = frozenset({"job_id", "job_ids", "missing"})
 _ADDR_FIELDS = frozenset({"addr", "from_addr", "target_addr"})
 
@@ -64,8 +66,8 @@ def check_message(msg, link_peer_id: str, config) -> None:
 def _check_value(value, name: str, config) -> None:
     kind = type(value)
     if kind is int:
-        limit = _EXIT_CODE_MAX if name == "exit_code" else _INT_MAX
-        low = -limit if name == "exit_code" else 0
+        limit = _SIGNED_MAX.get(name, _INT_MAX)
+        low = -limit if name in _SIGNED_MAX else 0
         if not low <= value <= limit:
             # Never str() a peer's integer: one of 5,000 digits makes str()
             # raise ValueError (Python's digit limit), not the ProtocolError
@@ -113,5 +115,8 @@ def _check_transfer(t: jm.JobTransfer, config) -> None:
         raise wire.ProtocolError(f"job {t.job_id}: sleep_ms {t.sleep_ms} out of range")
     if t.timeout_s is not None and not 0 < t.timeout_s <= config.job_timeout_max_s:
         raise wire.ProtocolError(f"job {t.job_id}: timeout_s {t.timeout_s} out of range")
+    problem = spec_problem(JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd))
+    if problem is not None:
+        raise wire.ProtocolError(f"job {t.job_id}: {problem}")
     if t.attempt < 1:
         raise wire.ProtocolError(f"job {t.job_id}: attempt {t.attempt} out of range")

@@ -257,6 +257,7 @@ async def _spawn(start: StartJob, peer_id: str, workdir: str) -> tuple[trio.Proc
     """The job's wrapper, a new session leader blocked on its go pipe:
     (the process, the pipe's write end). On OSError nothing is left open."""
     env = dict(os.environ)
+    env.update(start.spec.env)  # names checked: never a PEERJOBS_ one (executor/core/spec.py)
     env.update(PEERJOBS_JOB_ID=start.job_id, PEERJOBS_ATTEMPT=str(start.attempt), PEERJOBS_PEER=peer_id)
     go_read = go_write = -1
     try:
@@ -269,7 +270,9 @@ async def _spawn(start: StartJob, peer_id: str, workdir: str) -> tuple[trio.Proc
             stdin=go_read,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=workdir,
+            # --cwd: relative to the work directory; one that does not exist
+            # on this peer fails the run with the OS error (spawn-error).
+            cwd=os.path.join(workdir, start.spec.cwd),
             env=env,
             start_new_session=True,
         )
