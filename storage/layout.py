@@ -14,6 +14,7 @@ remember across a crash is here:
     m/instance     a random id made once per data directory: tells a restart of
                    this peer (same instance) from another peer started under the
                    same name with another data directory (docs/membership.md)
+    g/<job-id>     an array or a periodic job: the parent of child jobs <job-id>.<i>
     r/<job-id>     the session of a job process running now: {pid, start, boot}
                    (executor/runner.py), synced before the job's command runs,
                    so a restarted peer can kill the orphans of its previous life
@@ -42,6 +43,7 @@ HELD = b"q/"
 OUTBOX = b"x/"
 PEER = b"p/"
 PID = b"r/"
+PARENT = b"g/"  # arrays and periodic jobs: the parents of child jobs (executor/core/parents.py)
 
 
 def key(prefix: bytes, name: str) -> bytes:
@@ -80,6 +82,10 @@ class Snapshot:
     def held(self) -> Iterator[dict]:
         """Jobs held to run (q/), in key order."""
         return self._scan(HELD)
+
+    def parents(self) -> Iterator[dict]:
+        """Arrays and periodic jobs (g/), in key order."""
+        return self._scan(PARENT)
 
     def outbox(self) -> Iterator[dict]:
         """Results waiting for their homes' acks (x/)."""

@@ -26,6 +26,7 @@ from executor.core.events import (
     PeerUnreachable,
     Reply,
     ReplyResult,
+    ReplyTail,
     Send,
     StartJob,
     Tick,
@@ -36,6 +37,6 @@ from executor.core.peer import PeerCore
 
 __all__ = [
     "Action", "ClientClosed", "ClientRequest", "Counters", "DiskSpace", "Event", "JobExited",
-    "KillJob", "Log", "PeerCore", "PeerMessage", "PeerUnreachable", "Reply", "ReplyResult", "Send", "StartJob",
+    "KillJob", "Log", "PeerCore", "PeerMessage", "PeerUnreachable", "Reply", "ReplyResult", "ReplyTail", "Send", "StartJob",
     "Tick", "carry_out", "is_immediate", "read_result", "result_reply",
 ]

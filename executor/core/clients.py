@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from executor.core.events import Reply, ReplyResult, _Waiter
+from executor.core.events import Reply, ReplyResult, ReplyTail, _Waiter
+from executor.core.ids import parent_of
 from executor.core.jobs import JobRecord, JobState
 from executor.core.protocol import (
     HELP_LINES,
@@ -22,6 +23,7 @@ from executor.core.protocol import (
     Result,
     Status,
     Submit,
+    Tail,
     Wait,
     err,
     format_fields,
@@ -37,12 +39,17 @@ class ClientsMixin:
     def _on_client(self, token: Any, command: Command, now: float) -> None:
         kind = type(command)
         try:
-            if kind is Submit:
+            parent = self.parents.get(getattr(command, "job_id", None))
+            if parent is not None:
+                self._on_parent_command(token, kind.__name__.lower(), parent, now, getattr(command, "timeout_s", None))
+            elif kind is Submit:
                 self._submit(token, command, now)
             elif kind is Status:
                 self._reply(token, self._status_line(self._home_record(command.job_id)))
             elif kind is Result:
                 self._result(token, self._home_record(command.job_id))
+            elif kind is Tail:
+                self._tail(token, command)
             elif kind is Wait:
                 self._wait(token, command, now)
             elif kind is Cancel:
@@ -51,7 +58,8 @@ class ClientsMixin:
                 latest = []
                 for job_id in reversed(self.records):
                     record = self.records[job_id]
-                    if command.state is None or record.state.value == command.state:
+                    if ((command.state is None or record.state.value == command.state)
+                            and (command.array is None or parent_of(job_id) == command.array)):
                         latest.append(self._status_text(record))
                         if len(latest) >= command.count:
                             break
@@ -97,14 +105,23 @@ class ClientsMixin:
             self.counters.busy_rejections += 1
             raise ClientError(ErrorCode.BUSY, f"{len(self.unmet)} jobs waiting and {len(self.due)} scheduled here "
                                               f"(bound {self.config.queue_jobs_max} each); retry later")
+        if command.array is not None and not command.array[2]:
+            first, last, _ = command.array
+            if len(self.queue) + last - first + 1 > self.config.queue_jobs_max:
+                raise ClientError(ErrorCode.BUSY, f"{last - first + 1} elements would pass the bound of "
+                                                  f"{self.config.queue_jobs_max} queued jobs; cap them (%M) or retry later")
         self._check_dependencies(command)
         seq = self.next_seq
         self.next_seq += 1
         job_id = f"{self.peer_id}-{seq}"
+        self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
+        if command.array is not None or command.every_s is not None:
+            self._submit_parent(job_id, command)
+            self._reply(token, ok(job_id))
+            return
         record = JobRecord(job_id, command.spec, self._wall, executor=self.peer_id)
         self.records[job_id] = record
         self.counters.submitted += 1
-        self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
         self._admit(record, command)
         self._reply(token, ok(job_id))
         if self.cluster is not None and job_id in self.queue:
@@ -119,6 +136,26 @@ class ClientsMixin:
             raise ClientError(ErrorCode.NOT_FINISHED, f"job {record.job_id} is {record.state.value}")
         if record.stdout_bytes or record.stderr_bytes:
             self._actions.append(ReplyResult(token, record.job_id))
+        else:
+            self._reply(token, result_reply(record, b"", b""))
+
+    def _tail(self, token: Any, command: Tail) -> None:
+        """The output so far: live from the peer that runs the job (any peer
+        answers for what it runs), stored once the job is final (as RESULT),
+        none yet while it waits; a job running elsewhere is `ERR elsewhere`
+        naming that peer, so a client asks it there."""
+        job = self.running.get(command.job_id)
+        if job is not None and command.job_id not in self.cancelled_running:
+            self._actions.append(ReplyTail(token, command.job_id, job.attempt, command.follow))
+            return
+        record = self._home_record(command.job_id)
+        if record.state.final:
+            self._result(token, record)
+        elif record.state is JobState.RUNNING and record.executor != self.peer_id:
+            where = self.cluster.address_of(record.executor) if self.cluster is not None else None
+            raise ClientError(ErrorCode.ELSEWHERE, f"job {record.job_id} runs on peer {record.executor}"
+                              f"{f' at {where}' if where else ''}; TAIL it there",
+                              executor=where or NOT_HOME_UNKNOWN)
         else:
             self._reply(token, result_reply(record, b"", b""))
 

@@ -28,6 +28,7 @@ class ErrorCode(enum.StrEnum):
     BAD_ID = "bad-id"
     NOT_FOUND = "not-found"
     NOT_HOME = "not-home"
+    ELSEWHERE = "elsewhere"  # TAIL of a job running at another peer: `executor=<addr>` names it
     NOT_FINISHED = "not-finished"
     FINISHED = "finished"
     BUSY = "busy"

@@ -79,6 +79,17 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyTail:
+    """Reply a TAIL of a job running here, from its live output (the edge
+    holds it; docs/protocol.md has the framing)."""
+
+    token: Any
+    job_id: str
+    attempt: int
+    follow: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyResult:
     """Reply the RESULT of `job_id`, read by the edge after the batch's sync:
     header and body from ONE read of the stored record and output
@@ -121,7 +132,7 @@ class Log:
     text: str
 
 
-Action = Reply | ReplyResult | StartJob | KillJob | Send | Log
+Action = Reply | ReplyResult | ReplyTail | StartJob | KillJob | Send | Log
 
 IMMEDIATE_ACTIONS = (StartJob, KillJob, Log)
 """Actions an edge carries out at once, before the batch's writes are synced

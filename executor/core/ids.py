@@ -17,12 +17,18 @@ JOB_SEQ_DIGITS_MAX = 18
 issue, and it fits a signed 64-bit integer (CBOR, LevelDB keys), so turning
 it into an int is always cheap and never hits Python's digit limit."""
 
-JOB_ID_CHARS_MAX = PEER_ID_CHARS_MAX + 1 + JOB_SEQ_DIGITS_MAX
+CHILD_INDEX_DIGITS_MAX = 9
+"""Digits of a child's index (an array element's, a periodic job's run number)."""
 
-JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,%d}\Z" % JOB_SEQ_DIGITS_MAX)
-"""`<home peer>-<sequence>`: the home is letters, digits, `_`, `.` and inner
-dashes; the sequence ASCII digits. Only ever matched after the length check
-of `is_job_id`, so the regex never scans more than `JOB_ID_CHARS_MAX`."""
+JOB_ID_CHARS_MAX = PEER_ID_CHARS_MAX + 1 + JOB_SEQ_DIGITS_MAX + 1 + CHILD_INDEX_DIGITS_MAX
+
+JOB_ID = re.compile(r"[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-[0-9]{1,%d}(?:\.[0-9]{1,%d})?\Z"
+                    % (JOB_SEQ_DIGITS_MAX, CHILD_INDEX_DIGITS_MAX))
+"""`<home peer>-<sequence>[.<index>]`: the home is letters, digits, `_`, `.`
+and inner dashes; the sequence ASCII digits; a child of an array or a
+periodic job (`n1-5.3`) has its parent's id and its index. Only ever matched
+after the length check of `is_job_id`, so the regex never scans more than
+`JOB_ID_CHARS_MAX`."""
 
 
 def split_job_id(job_id: str) -> tuple[str, int]:
@@ -33,9 +39,23 @@ def split_job_id(job_id: str) -> tuple[str, int]:
     reaches here unchecked sorts first and is found nowhere, and nothing
     raises."""
     home, _, seq = job_id.rpartition("-")
+    seq = seq.partition(".")[0]  # a child's sequence is its parent's
     if not (0 < len(seq) <= JOB_SEQ_DIGITS_MAX and seq.isascii() and seq.isdigit()):
         return home, 0
     return home, int(seq)
+
+
+def order_key(job_id: str) -> tuple[int, int]:
+    """Issue order: (sequence, child index; 0 for a job that is no child)."""
+    _, _, index = job_id.rpartition("-")[2].partition(".")
+    return split_job_id(job_id)[1], int(index) if index.isdigit() and len(index) <= CHILD_INDEX_DIGITS_MAX else 0
+
+
+def parent_of(job_id: str) -> str | None:
+    """`n1-5.3` -> "n1-5"; None for a job that is no child."""
+    head, _, tail = job_id.rpartition("-")
+    seq, dot, _ = tail.partition(".")
+    return f"{head}-{seq}" if dot else None
 
 
 

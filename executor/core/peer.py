@@ -76,6 +76,7 @@ from executor.core.queries import QueriesMixin
 from executor.core.recovery import RecoveryMixin
 from executor.core.running import RunningMixin
 from executor.core.schedule import ScheduleMixin
+from executor.core.parents import Parent, ParentsMixin
 from executor.core.jobqueue import JobQueue
 from executor.core.jobs import HeldJob, JobRecord
 from executor.core.messages import (
@@ -97,7 +98,7 @@ from storage import layout
 from storage.store import Write
 
 
-class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, HandoffMixin, RecoveryMixin, QueriesMixin):
+class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, ParentsMixin, HandoffMixin, RecoveryMixin, QueriesMixin):
     def __init__(
         self,
         peer_id: str,
@@ -154,8 +155,12 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, HandoffMixin, Recovery
             for known_id, addr in snapshot.peers.items():
                 cluster.heard_from(known_id, addr)
         self._init_schedule()
+        self.parents: dict[str, Parent] = {}  # arrays and periodic jobs submitted here
+        self.periodic: dict[str, Parent] = {}  # the periodic ones still making runs
         self._restore(snapshot, now)
+        self._restore_parents(snapshot)
         self._restore_schedule()
+        self._resume_parents()
 
     def take(self) -> tuple[list[Write], list[Action]]:
         """Writes to make durable (one synced batch), then actions to carry out."""
@@ -264,6 +269,7 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, HandoffMixin, Recovery
     def _on_tick(self, now: float) -> None:
         self._expire_waiters(now)
         self._release_due()
+        self._tick_parents()
         self._expire_kept()
         if self.cluster is None:
             return

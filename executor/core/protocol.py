@@ -13,9 +13,10 @@ Grammar (one command per line, UTF-8, LF or CRLF; see docs/protocol.md)::
     STATUS <job-id>                              -> OK <job-id> <state> key=value ...
     RESULT <job-id>      |  r<job-id>            -> OK <job-id> <state> exit=.. stdout=<n> stderr=<m> ...
                                                     then n + m bytes and a newline
+    TAIL <job-id> [-f]                           -> as RESULT: the output so far (-f: as it comes; docs/protocol.md)
     WAIT <job-id> [SECONDS]                      -> as STATUS once finished, ERR timeout otherwise
     CANCEL <job-id>                              -> OK <job-id> cancelled
-    LIST [N] [--state S]                         -> OK <k> jobs, then k STATUS lines
+    LIST [N] [--state S] [--array ID]            -> OK <k> jobs, then k STATUS lines
     PEERS                                        -> OK <k> peers, then k lines
     STATS                                        -> OK <k> stats, then k name=value lines
     HELP                                         -> OK <k> lines, then k lines
@@ -71,6 +72,12 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Tail:
+    job_id: str
+    follow: bool  # -f: stream the output as it is written, until the run ends
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     job_id: str
 
@@ -79,6 +86,7 @@ class Cancel:
 class ListJobs:
     count: int
     state: str | None = None  # only jobs in this state
+    array: str | None = None  # only the elements of this array (or runs of this periodic job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,7 @@ class Quit:
     pass
 
 
-Command = Submit | Status | Result | Wait | Cancel | ListJobs | Peers | Stats | Help | Quit
+Command = Submit | Status | Result | Tail | Wait | Cancel | ListJobs | Peers | Stats | Help | Quit
 
 
 # ---------------------------------------------------------------------------
@@ -195,12 +203,14 @@ HELP_LINES = (
     "SUBMIT [options] [--] <shell command>       run a command with /bin/sh -c; replies OK <job-id>",
     "  options: --timeout S  --retries N [--backoff S]  --priority P (higher first)  --env NAME=VALUE (repeat)",
     "           --cwd DIR  --delay S | --at UNIX_TIME  --keep S  --after ID,..  --after-any ID,..",
+    "           --array A-B[%M] (jobs <id>.<i>, at most M at once)  --every S (a run every S seconds)",
     "<N>                                         sleep N milliseconds inside the peer (benchmark job)",
     "STATUS <job-id>                             state, attempt, executor, exit code",
     "RESULT <job-id>  (or r<job-id>)             header, then exactly stdout=<n> and stderr=<m> bytes, then a newline",
+    "TAIL <job-id> [-f]                          the output so far, as RESULT; -f: streamed until the run ends",
     "WAIT <job-id> [SECONDS]                     block until the job finishes, then answer as STATUS",
     "CANCEL <job-id>                             cancel a queued or running job (kills its process group)",
-    "LIST [N] [--state S]                        the latest N jobs submitted here (in state S)",
+    "LIST [N] [--state S] [--array ID]           the latest N jobs submitted here (in state S, of array ID)",
     "PEERS                                       every member of the cluster with state and load",
     "STATS                                       this peer's counters, one name=value a line",
     "HELP                                        this text",
@@ -249,6 +259,11 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
         job_id = parse_job_id(job, "WAIT")
         timeout = parse_seconds(secs.strip(), "WAIT timeout", hi=wait_max_s) if secs.strip() else None
         return Wait(job_id, timeout)
+    if upper == "TAIL":
+        job, _, flag = args.strip().partition(" ")
+        if flag.strip() not in ("", "-f"):
+            raise ClientError(ErrorCode.BAD_REQUEST, "TAIL takes <job-id> [-f]")
+        return Tail(parse_job_id(job, "TAIL"), flag.strip() == "-f")
     if upper == "CANCEL":
         return Cancel(parse_job_id(args, "CANCEL"))
     if upper == "LIST":
@@ -265,17 +280,22 @@ def _parse_text(text: str, command_bytes_max: int, timeout_max_s: float, wait_ma
 
 
 def _parse_list(words: list[str], list_max: int) -> ListJobs:
-    """LIST [N] [--state S]"""
-    count, state = min(20, list_max), None
+    """LIST [N] [--state S] [--array ID]"""
+    count, options = min(20, list_max), {}
     if words and not words[0].startswith("--"):
         count = parse_int(words.pop(0), "LIST count", lo=1, hi=list_max)
-    if words:
-        if words[0] != "--state" or len(words) != 2:
-            raise ClientError(ErrorCode.BAD_REQUEST, "LIST takes [N] [--state STATE]")
-        if words[1] not in JOB_STATE_NAMES:
-            raise ClientError(ErrorCode.BAD_REQUEST, f"--state must be one of {', '.join(JOB_STATE_NAMES)}")
-        state = words[1]
-    return ListJobs(count, state)
+    while words:
+        if len(words) < 2 or words[0] not in ("--state", "--array") or words[0] in options:
+            raise ClientError(ErrorCode.BAD_REQUEST, "LIST takes [N] [--state STATE] [--array ID]")
+        options[words[0]] = words[1]
+        del words[:2]
+    state = options.get("--state")
+    if state is not None and state not in JOB_STATE_NAMES:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--state must be one of {', '.join(JOB_STATE_NAMES)}")
+    array = options.get("--array")
+    if array is not None:
+        array = parse_job_id(array, "LIST --array")
+    return ListJobs(count, state, array)
 
 
 JOB_STATE_NAMES = ("scheduled", "waiting", "queued", "running", "done", "failed", "cancelled")

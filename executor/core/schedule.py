@@ -18,7 +18,7 @@ import heapq
 from collections import deque
 
 from executor.core.errors import ClientError, ErrorCode
-from executor.core.ids import split_job_id
+from executor.core.ids import parent_of, split_job_id
 from executor.core.jobs import JobEvent, JobRecord, JobState
 from executor.core.messages import CancelJob, DependencyQuery, DependencyReply, JobResult
 from executor.core.spec import Submit
@@ -44,7 +44,7 @@ class ScheduleMixin:
         does not exist (ours, never issued or forgotten)."""
         for dep in command.spec.dependencies:
             home, seq = split_job_id(dep)
-            if home == self.peer_id and dep not in self.records:
+            if home == self.peer_id and dep not in self.records and dep not in self.parents:
                 raise ClientError(ErrorCode.NOT_FOUND, f"dependency {dep} is not a job of this peer "
                                   f"(never issued, or finished and forgotten; it has issued {self.next_seq - 1})")
 
@@ -73,9 +73,9 @@ class ScheduleMixin:
         for dep in unmet:
             self.dependents.setdefault(dep, []).append(record.job_id)
         for dep in list(unmet):
-            known = self.records.get(dep)
-            if known is not None and known.state.final:
-                self._dependency_final(dep, known.state.value)
+            known = self._state_of(dep)
+            if known is not None and known[0] in _FINAL_NAMES:
+                self._dependency_final(dep, known[0])
             elif split_job_id(dep)[0] != self.peer_id:
                 self.next_dependency_poll_at = self._now  # ask its home soon
 
@@ -103,6 +103,14 @@ class ScheduleMixin:
                     record.apply(JobEvent.RELEASE)
                     self._enqueue(record)
 
+    def _state_of(self, job_id: str) -> tuple[str, float] | None:
+        """(state, submitted at) of a job or a parent of ours, None if unknown."""
+        record = self.records.get(job_id)
+        if record is not None:
+            return record.state.value, record.submitted_at
+        parent = self.parents.get(job_id)
+        return None if parent is None else (parent.state, parent.submitted_at)
+
     def _poll_dependencies(self, now: float) -> None:
         """Ask other homes about the dependencies our waiting jobs wait for."""
         if now < self.next_dependency_poll_at or self.cluster is None:
@@ -121,9 +129,8 @@ class ScheduleMixin:
     def _on_dependency_query(self, msg: DependencyQuery) -> None:
         states = []
         for job_id in msg.job_ids[: self.config.dependency_query_ids_max]:
-            record = self.records.get(job_id)
-            states.append((job_id, _UNKNOWN, 0.0) if record is None
-                          else (job_id, record.state.value, float(record.submitted_at)))
+            known = self._state_of(job_id)
+            states.append((job_id, _UNKNOWN, 0.0) if known is None else (job_id, known[0], float(known[1])))
         self._send(msg.asker, DependencyReply(self.peer_id, tuple(states)))
 
     def _on_dependency_reply(self, msg: DependencyReply) -> None:
@@ -205,15 +212,20 @@ class ScheduleMixin:
 
     def _became_final(self, record: JobRecord) -> None:
         """Index a final record for retention and settle what waits for it."""
-        job_id = record.job_id
-        self.unmet.pop(job_id, None)
-        keep = record.spec.keep_s if record.spec.keep_s is not None else self.config.records_retained_s
+        self.unmet.pop(record.job_id, None)
+        end = record.finished_at if record.finished_at is not None else record.submitted_at
+        if parent_of(record.job_id) is not None:
+            self._child_final(record)
+        self._became_final_id(record.job_id, record.state.value, end, record.spec.keep_s)
+
+    def _became_final_id(self, job_id: str, state: str, end: float, keep_s: float | None) -> None:
+        """A job or a parent (executor/core/parents.py) is final at `end`."""
+        keep = keep_s if keep_s is not None else self.config.records_retained_s
         if keep is not None:
-            end = record.finished_at if record.finished_at is not None else record.submitted_at
             heapq.heappush(self.expiries, (end + keep, split_job_id(job_id)[1], job_id))
         if job_id in self.dependents:
             # A worklist, not recursion: settling one job may end a long chain.
-            self._settling.append((job_id, record.state.value))
+            self._settling.append((job_id, state))
             if len(self._settling) == 1:  # (else an outer call is draining it)
                 while self._settling:
                     self._dependency_final(*self._settling[0])
@@ -225,6 +237,9 @@ class ScheduleMixin:
             if job_id in self.finished:
                 del self.finished[job_id]
                 self._forget(job_id)
+            elif job_id in self.parents and self.parents[job_id].final:
+                del self.parents[job_id]
+                self._writes.append((layout.key(layout.PARENT, job_id), None))
 
     def _forget(self, job_id: str) -> None:
         """Drop a final record and its output (ids are never reused, so a
@@ -243,10 +258,8 @@ class ScheduleMixin:
             elif record.state is JobState.WAITING:
                 self._wait_for(record)
             elif record.state.final:
-                keep = record.spec.keep_s if record.spec.keep_s is not None else self.config.records_retained_s
-                if keep is not None:
-                    end = record.finished_at if record.finished_at is not None else record.submitted_at
-                    heapq.heappush(self.expiries, (end + keep, seq, record.job_id))
+                end = record.finished_at if record.finished_at is not None else record.submitted_at
+                self._became_final_id(record.job_id, record.state.value, end, record.spec.keep_s)
 
     def _validate_schedule(self) -> None:
         for job_id, record in self.records.items():

@@ -2,7 +2,8 @@
 
     SUBMIT [--timeout S] [--retries N] [--backoff S] [--priority P]
            [--env NAME=VALUE]... [--cwd DIR] [--delay S | --at UNIX_TIME]
-           [--keep S] [--after ID[,ID...]] [--after-any ID[,ID...]] [--] <command>
+           [--keep S] [--after ID[,ID...]] [--after-any ID[,ID...]]
+           [--array A-B[%M] | --every S] [--] <command>
 
 Options come before the command, in any order; the first word that is not an
 option (or the word after `--`) starts the command, which runs as written.
@@ -39,6 +40,11 @@ DEPENDENCIES_MAX = 64
 DELAY_MAX_S = 366 * 24 * 3600.0
 """The furthest a job may be put off (`--delay`, or `--at` from now)."""
 KEEP_MAX_S = 366 * 24 * 3600.0
+ARRAY_ELEMENTS_MAX = 10_000
+"""Elements of one `--array` (each is a job record at its home)."""
+ARRAY_INDEX_MAX = 10 ** 9 - 1  # executor/core/ids.py CHILD_INDEX_DIGITS_MAX
+EVERY_MIN_S = 1.0
+"""The shortest `--every` period."""
 AT_MAX = 2.0 ** 34
 """The largest `--at` (a unix time, in the year 2514): larger is a typo."""
 
@@ -150,6 +156,8 @@ class Submit:
     spec: JobSpec
     delay_s: float | None = None  # --delay: due this long after it is accepted
     at: float | None = None  # --at: due at this unix time
+    array: tuple[int, int, int] | None = None  # --array A-B%M: (A, B, M; 0: no cap)
+    every_s: float | None = None  # --every: a periodic job's period
 
 
 def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Submit:
@@ -193,6 +201,8 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
         raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
     if "--delay" in opts and "--at" in opts:
         raise ClientError(ErrorCode.BAD_REQUEST, "give --delay or --at, not both")
+    if "--array" in opts and "--every" in opts:
+        raise ClientError(ErrorCode.BAD_REQUEST, "give --array or --every, not both")
     if "--backoff" in opts and "--retries" not in opts:
         raise ClientError(ErrorCode.BAD_REQUEST, "--backoff needs --retries")
     after, after_any = opts.get("--after", ()), opts.get("--after-any", ())
@@ -205,7 +215,7 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
     problem = spec_problem(spec)
     if problem is not None:
         raise ClientError(ErrorCode.BAD_REQUEST, problem)
-    return Submit(spec, opts.get("--delay"), opts.get("--at"))
+    return Submit(spec, opts.get("--delay"), opts.get("--at"), opts.get("--array"), opts.get("--every"))
 
 
 def _option(name: str, value: str, timeout_max_s: float):
@@ -225,6 +235,10 @@ def _option(name: str, value: str, timeout_max_s: float):
         return parse_float(value, "--at", lo=0.0, hi=AT_MAX)
     if name == "--keep":
         return parse_seconds(value, "--keep", hi=KEEP_MAX_S)
+    if name == "--array":
+        return _parse_array(value)
+    if name == "--every":
+        return parse_float(value, "--every", lo=EVERY_MIN_S, hi=DELAY_MAX_S, unit="s")
     if name in ("--after", "--after-any"):
         ids = tuple(value.split(","))
         for job_id in ids:
@@ -237,3 +251,19 @@ def _option(name: str, value: str, timeout_max_s: float):
         return ids
     raise ClientError(ErrorCode.BAD_REQUEST, f"unknown SUBMIT option {name[:32]!r}; try HELP")
 
+
+
+def _parse_array(value: str) -> tuple[int, int, int]:
+    """`A-B[%M]` -> (A, B, M), M = 0 for no cap."""
+    span, pct, cap_text = value.partition("%")
+    first_text, dash, last_text = span.partition("-")
+    if not dash:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--array takes A-B[%M], like 1-10 or 0-99%5, not {value[:32]!r}")
+    first = parse_int(first_text, "--array's first index", lo=0, hi=ARRAY_INDEX_MAX)
+    last = parse_int(last_text, "--array's last index", lo=0, hi=ARRAY_INDEX_MAX)
+    if last < first:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--array {first}-{last}: the last index is below the first")
+    if last - first + 1 > ARRAY_ELEMENTS_MAX:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--array {first}-{last}: more than {ARRAY_ELEMENTS_MAX} elements")
+    cap = parse_int(cap_text, "--array's %M (elements at once)", lo=1, hi=ARRAY_ELEMENTS_MAX) if pct else 0
+    return first, last, cap
