@@ -253,8 +253,10 @@ def choose_push_target(
     others: Sequence[PeerLoad],
     rng: random.Random,
     config: BalanceConfig,
+    width: int = 1,
 ) -> str | None:
     """Where a job just submitted to ``me`` should go: a peer id, or None to keep it.
+    ``width``: the slots the job takes (loads count slots).
 
     Power of two choices: sample two distinct peers from ``others`` plus ``me`` and take
     the less loaded. Push there only if, counting the new job on ``me``, the target is
@@ -268,7 +270,7 @@ def choose_push_target(
     lighter = min(rng.sample(population, 2), key=_load_key)
     if lighter.peer_id == me.peer_id:
         return None
-    me_with_job = dataclasses.replace(me, queued=me.queued + 1)
+    me_with_job = dataclasses.replace(me, queued=me.queued + width)
     if steal_warranted(me_with_job, lighter, config):
         return lighter.peer_id
     return None

@@ -110,6 +110,10 @@ class ClientsMixin:
             if len(self.queue) + last - first + 1 > self.config.queue_jobs_max:
                 raise ClientError(ErrorCode.BUSY, f"{last - first + 1} elements would pass the bound of "
                                                   f"{self.config.queue_jobs_max} queued jobs; cap them (%M) or retry later")
+        width = command.spec.slots
+        if width > self.slots and (self.cluster is None or width > self.cluster.widest()):
+            widest = max(self.slots, self.cluster.widest() if self.cluster is not None else 0)
+            raise ClientError(ErrorCode.BAD_REQUEST, f"--slots {width}: no peer has that many (the widest has {widest})")
         self._check_dependencies(command)
         seq = self.next_seq
         self.next_seq += 1
@@ -125,11 +129,11 @@ class ClientsMixin:
         self._admit(record, command)
         self._reply(token, ok(job_id))
         if self.cluster is not None and job_id in self.queue:
-            target = self.cluster.push_target(self.load)
+            target = self.cluster.push_target(self.load, width)
             if target is not None:
                 # Pushed at the end of the batch, all jobs for one peer in one handoff.
                 self._pushes.setdefault(target, []).append(self.queue.pop(job_id))
-                self.cluster.moved(target, 1)
+                self.cluster.moved(target, width)
 
     def _result(self, token: Any, record: JobRecord) -> None:
         if not record.state.final:

@@ -177,11 +177,18 @@ class Cluster:
                 self._loads[i] = view.current()
                 return
 
-    def push_target(self, me: balance.PeerLoad) -> str | None:
+    def push_target(self, me: balance.PeerLoad, width: int = 1) -> str | None:
+        """Where a new job `width` slots wide should go (None: keep it)."""
         others = self.loads()
+        if width > 1:
+            others = [p for p in others if p.slots >= width]
         if not others:
             return None
-        return balance.choose_push_target(me, others, self.rng, self.balance_config)
+        return balance.choose_push_target(me, others, self.rng, self.balance_config, width)
+
+    def widest(self) -> int:
+        """The most slots any other alive peer in our view has (0: none)."""
+        return max((p.slots for p in self.loads()), default=0)
 
     def victim(self, me: balance.PeerLoad) -> balance.PeerLoad | None:
         others = self.loads()

@@ -41,13 +41,20 @@ class HandoffMixin:
         self.cluster.observed(thief)
         give = balance.grant_size(self.load, thief, msg.want, self.cluster.balance_config)
         give = min(give, self.config.handoff_batch_max)
-        # Give the oldest queued jobs: the thief has a free slot now, so they
-        # start sooner there than here, which keeps the cluster close to one
-        # global first-in, first-out order.
-        jobs = [job for _, job in zip(range(give), self.queue.values())]
+        # Give the head of the queue (highest priority, oldest): the thief has
+        # a free slot now, so they start sooner there than here, which keeps
+        # the cluster close to one global order. Loads count slots: `give`
+        # is slots' worth, and a job wider than the thief stays.
+        jobs, width = [], 0
+        for job in self.queue.values():
+            if len(jobs) >= give or width >= give:
+                break
+            if job.spec.slots <= thief.slots and width + job.spec.slots <= give:
+                jobs.append(job)
+                width += job.spec.slots
         for job in jobs:
             del self.queue[job.job_id]
-        self.cluster.moved(msg.thief, len(jobs))
+        self.cluster.moved(msg.thief, width)
         self._lend(msg.thief, jobs, msg.request_id, now)
 
     def _lend(self, receiver: str, jobs: list[HeldJob], request_id: int, now: float) -> None:
@@ -61,7 +68,7 @@ class HandoffMixin:
             JobTransfer(
                 job.job_id, job.home, job.spec.kind, job.spec.command, job.spec.sleep_ms,
                 job.spec.timeout_s, job.attempt, job.moves + 1, job.submitted_at,
-                job.spec.priority, job.spec.env, job.spec.cwd,
+                job.spec.priority, job.spec.env, job.spec.cwd, job.spec.slots,
             )
             for job in jobs
         )
@@ -93,7 +100,7 @@ class HandoffMixin:
                 continue  # an attempt this home re-issued: fenced (its newer attempt may be lent away now)
             # Back home, a job shares its record's spec (with the options only the home keeps).
             spec = record.spec if record is not None else JobSpec(
-                t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd)
+                t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd, slots=t.slots)
             job = HeldJob(t.job_id, t.home, spec, t.attempt, t.moves, t.submitted_at)
             self._hold_newer(job, now)  # durable now: the ack below promises it
             self.counters.steals_in += 1

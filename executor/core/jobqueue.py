@@ -23,6 +23,7 @@ class JobQueue:
         self._by_priority: dict[int, OrderedDict[str, HeldJob]] = {}
         self._priority_of: dict[str, int] = {}
         self._order: list[int] = []  # the priorities present, highest first
+        self.width = 0  # slots the queued jobs take (`--slots`): the queued part of the load
 
     def __len__(self) -> int:
         return len(self._priority_of)
@@ -56,11 +57,12 @@ class JobQueue:
             self._order.sort(reverse=True)
         bucket[job_id] = job
         self._priority_of[job_id] = priority
+        self.width += job.spec.slots
 
     def __delitem__(self, job_id: str) -> None:
         priority = self._priority_of.pop(job_id)
         bucket = self._by_priority[priority]
-        del bucket[job_id]
+        self.width -= bucket.pop(job_id).spec.slots
         if not bucket:
             del self._by_priority[priority]
             self._order.remove(priority)
@@ -79,10 +81,20 @@ class JobQueue:
         priority = self._order[-1 if last else 0]
         job_id, job = self._by_priority[priority].popitem(last=last)
         self._priority_of.pop(job_id)
+        self.width -= job.spec.slots
         if not self._by_priority[priority]:
             del self._by_priority[priority]
             self._order.remove(priority)
         return job_id, job
+
+    def head(self, fits: int) -> tuple[str, HeldJob | None]:
+        """The first job (in dispatch order) no wider than `fits` slots;
+        ("", None) if there is none. O(1) unless jobs too wide come first."""
+        for priority in self._order:
+            for job_id, job in self._by_priority[priority].items():
+                if job.spec.slots <= fits:
+                    return job_id, job
+        return "", None
 
     def move_to_end(self, job_id: str, last: bool = True) -> None:
         """Within its priority: to the back, or with `last=False` to the front."""

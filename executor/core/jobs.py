@@ -31,8 +31,8 @@ Theory of operation
 from __future__ import annotations
 
 import enum
-from sys import intern
 from dataclasses import dataclass, field
+from sys import intern
 
 from executor.core.spec import JobSpec, spec_from_wire
 

@@ -37,6 +37,7 @@ class JobTransfer:
     priority: int = 0
     env: tuple[tuple[str, str], ...] = ()
     cwd: str = ""
+    slots: int = 1
 
 
 @message("steal")

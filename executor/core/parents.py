@@ -35,6 +35,7 @@ from executor.core.protocol import format_fields, ok
 from executor.core.spec import JobSpec, Submit, spec_from_wire
 from storage import layout
 
+
 @dataclass(slots=True)
 class Parent:
     job_id: str

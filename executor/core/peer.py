@@ -51,8 +51,8 @@ import random
 from collections import OrderedDict
 from typing import Any
 
-from executor.core import balance
 from executor.config import Config
+from executor.core import balance
 from executor.core.clients import ClientsMixin
 from executor.core.events import (
     Action,
@@ -72,19 +72,14 @@ from executor.core.events import (
     _Waiter,
 )
 from executor.core.handoff import HandoffMixin
-from executor.core.queries import QueriesMixin
-from executor.core.recovery import RecoveryMixin
-from executor.core.running import RunningMixin
-from executor.core.schedule import ScheduleMixin
-from executor.core.parents import Parent, ParentsMixin
 from executor.core.jobqueue import JobQueue
 from executor.core.jobs import HeldJob, JobRecord
 from executor.core.messages import (
     Audit,
     AuditReply,
+    CancelJob,
     DependencyQuery,
     DependencyReply,
-    CancelJob,
     Handoff,
     HandoffAck,
     JobMoved,
@@ -92,7 +87,12 @@ from executor.core.messages import (
     ResultAck,
     StealRequest,
 )
+from executor.core.parents import Parent, ParentsMixin
 from executor.core.protocol import split_job_id
+from executor.core.queries import QueriesMixin
+from executor.core.recovery import RecoveryMixin
+from executor.core.running import RunningMixin
+from executor.core.schedule import ScheduleMixin
 from gossip import membership as gossip
 from storage import layout
 from storage.store import Write
@@ -121,6 +121,7 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, ParentsMixin, HandoffM
         self.records: dict[str, JobRecord] = {}
         self.queue = JobQueue()  # highest priority first, then oldest first
         self.running: dict[str, HeldJob] = {}
+        self.running_width = 0  # slots the running jobs take (`--slots`)
         self.cancelled_running: set[str] = set()
         self.finished: OrderedDict[str, None] = OrderedDict()  # final records, oldest first
         # A newer attempt of a job whose older attempt still runs here (being
@@ -238,7 +239,9 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, ParentsMixin, HandoffM
         after every step; an AssertionError here is our bug, never a peer's."""
         queued, running, superseded = set(self.queue), set(self.running), set(self.superseded)
         assert not queued & running, f"queued and running at once: {sorted(queued & running)}"
-        assert len(running) <= self.slots, f"{len(running)} running on {self.slots} slots"
+        assert self.running_width == sum(job.spec.slots for job in self.running.values()), "running width is off"
+        assert self.running_width <= self.slots, f"{self.running_width} slots taken of {self.slots}"
+        assert self.queue.width == sum(job.spec.slots for job in self.queue.values()), "queue width is off"
         assert superseded <= running, f"a newer attempt waits for no older run: {sorted(superseded - running)}"
         assert self.cancelled_running <= running, "a kill pending for a job not running"
         for job_id, job in self.queue.items():
@@ -264,7 +267,7 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, ParentsMixin, HandoffM
 
     @property
     def load(self) -> balance.PeerLoad:
-        return balance.PeerLoad(self.peer_id, len(self.queue), len(self.running), self.slots)
+        return balance.PeerLoad(self.peer_id, self.queue.width, self.running_width, self.slots)
 
     def _on_tick(self, now: float) -> None:
         self._expire_waiters(now)

@@ -49,7 +49,7 @@ from executor.core.ids import (  # noqa: F401 -- names kept here
     split_job_id,
 )
 from executor.core.numbers import NumberError, parse_int, parse_seconds
-from executor.core.spec import JobSpec, Submit, parse_submit, text_problem  # noqa: F401 -- names kept here
+from executor.core.spec import JobSpec, Submit, parse_submit, text_problem
 
 # ---------------------------------------------------------------------------
 # Commands

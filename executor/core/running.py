@@ -19,12 +19,21 @@ class RunningMixin:
             self._writes.append((layout.key(layout.HELD, job.job_id), layout.encode(job.to_wire())))
 
     def _dispatch(self, now: float) -> None:
-        """Start queued jobs, highest priority and oldest first, while slots are free."""
-        while self.queue and len(self.running) < self.slots:
-            job_id, job = self.queue.popitem(last=False)
+        """Start queued jobs, highest priority and oldest first, while slots
+        are free. A job wider than the free slots waits for them (nothing
+        smaller overtakes it, so it cannot starve); one wider than this peer
+        is skipped: it waits to be stolen by a peer wide enough."""
+        while self.queue and self.running_width < self.slots:
+            job_id, job = self.queue.head(self.slots)
+            if job is None:
+                return  # only jobs too wide for this peer
+            if job.spec.slots > self.slots - self.running_width:
+                return
+            del self.queue[job_id]
             if job.home == self.peer_id and self._outdated(job):
                 self._writes.append((layout.key(layout.HELD, job_id), None))
                 continue
+            self.running_width += job.spec.slots
             job.running = True
             job.started_at = now  # monotonic: the runtime is measured on it
             self.running[job_id] = job
@@ -57,6 +66,7 @@ class RunningMixin:
         if job is None or job.attempt != ev.attempt:
             return  # a stale report from a job we already let go of
         del self.running[ev.job_id]
+        self.running_width -= job.spec.slots
         newer = self.superseded.pop(ev.job_id, None)
         if newer is not None:
             self._hold(newer, now, persist=False)  # q/ already holds it

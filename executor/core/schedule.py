@@ -20,7 +20,12 @@ from collections import deque
 from executor.core.errors import ClientError, ErrorCode
 from executor.core.ids import parent_of, split_job_id
 from executor.core.jobs import JobEvent, JobRecord, JobState
-from executor.core.messages import CancelJob, DependencyQuery, DependencyReply, JobResult
+from executor.core.messages import (
+    CancelJob,
+    DependencyQuery,
+    DependencyReply,
+    JobResult,
+)
 from executor.core.spec import Submit
 from storage import layout
 
@@ -43,8 +48,7 @@ class ScheduleMixin:
         """Refuse, before anything is stored, a dependency this peer knows
         does not exist (ours, never issued or forgotten)."""
         for dep in command.spec.dependencies:
-            home, seq = split_job_id(dep)
-            if home == self.peer_id and dep not in self.records and dep not in self.parents:
+            if split_job_id(dep)[0] == self.peer_id and dep not in self.records and dep not in self.parents:
                 raise ClientError(ErrorCode.NOT_FOUND, f"dependency {dep} is not a job of this peer "
                                   f"(never issued, or finished and forgotten; it has issued {self.next_seq - 1})")
 

@@ -3,7 +3,7 @@
     SUBMIT [--timeout S] [--retries N] [--backoff S] [--priority P]
            [--env NAME=VALUE]... [--cwd DIR] [--delay S | --at UNIX_TIME]
            [--keep S] [--after ID[,ID...]] [--after-any ID[,ID...]]
-           [--array A-B[%M] | --every S] [--] <command>
+           [--array A-B[%M] | --every S] [--slots K] [--] <command>
 
 Options come before the command, in any order; the first word that is not an
 option (or the word after `--`) starts the command, which runs as written.
@@ -34,6 +34,8 @@ RETRIES_MAX = 100
 BACKOFF_MAX_S = 24 * 3600.0
 """The largest `--backoff` base (the wait before each retry is also capped by
 the peer's `retry_backoff_max_s`)."""
+SLOTS_MAX = 1024
+"""The most slots one job may take (`--slots`)."""
 ENV_ENTRIES_MAX = 64
 DEPENDENCIES_MAX = 64
 """Ids in `--after` and `--after-any` together."""
@@ -74,6 +76,7 @@ class JobSpec:
     keep_s: float | None = None  # None: the peer's `records_retained_s`
     after: tuple[str, ...] = ()  # afterok: every one must be done
     after_any: tuple[str, ...] = ()  # afterany: every one must be final
+    slots: int = 1  # how many of a peer's slots it takes; loads count slots
 
     @property
     def tries(self) -> int:
@@ -104,6 +107,8 @@ class JobSpec:
             out["af"] = list(self.after)
         if self.after_any:
             out["aa"] = list(self.after_any)
+        if self.slots != 1:
+            out["sl"] = self.slots
         return out or None
 
 
@@ -114,7 +119,7 @@ def spec_from_wire(kind: str, command: str, sleep_ms: int, timeout_s: float | No
         kind, command, sleep_ms, timeout_s, options.get("p", 0),
         tuple((name, value) for name, value in options.get("env", ())), options.get("cwd", ""),
         options.get("rt", 0), options.get("bo", 0.0), options.get("keep"),
-        tuple(options.get("af", ())), tuple(options.get("aa", ())),
+        tuple(options.get("af", ())), tuple(options.get("aa", ())), options.get("sl", 1),
     )
 
 
@@ -148,6 +153,8 @@ def spec_problem(spec: JobSpec) -> str | None:
         problem = problem or env_problem(name, value)
     if problem is None and not -PRIORITY_MAX <= spec.priority <= PRIORITY_MAX:
         problem = f"--priority must be within ±{PRIORITY_MAX}"
+    if problem is None and not 1 <= spec.slots <= SLOTS_MAX:
+        problem = f"--slots must be from 1 to {SLOTS_MAX}"
     return problem
 
 
@@ -211,6 +218,7 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
     spec = JobSpec(
         "sh", command, 0, opts.get("--timeout"), opts.get("--priority", 0), tuple(env), opts.get("--cwd", ""),
         opts.get("--retries", 0), opts.get("--backoff", 0.0), opts.get("--keep"), after, after_any,
+        opts.get("--slots", 1),
     )
     problem = spec_problem(spec)
     if problem is not None:
@@ -225,6 +233,8 @@ def _option(name: str, value: str, timeout_max_s: float):
         return parse_int(value, "--retries", lo=0, hi=RETRIES_MAX)
     if name == "--backoff":
         return parse_float(value, "--backoff", lo=0.0, hi=BACKOFF_MAX_S, unit="s")
+    if name == "--slots":
+        return parse_int(value, "--slots", lo=1, hi=SLOTS_MAX)
     if name == "--priority":
         return parse_int(value, "--priority", lo=-PRIORITY_MAX, hi=PRIORITY_MAX)
     if name == "--cwd":

@@ -115,7 +115,8 @@ def _check_transfer(t: jm.JobTransfer, config) -> None:
         raise wire.ProtocolError(f"job {t.job_id}: sleep_ms {t.sleep_ms} out of range")
     if t.timeout_s is not None and not 0 < t.timeout_s <= config.job_timeout_max_s:
         raise wire.ProtocolError(f"job {t.job_id}: timeout_s {t.timeout_s} out of range")
-    problem = spec_problem(JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd))
+    problem = spec_problem(JobSpec(t.kind, t.command, t.sleep_ms, t.timeout_s, t.priority, t.env, t.cwd,
+                                   slots=t.slots))
     if problem is not None:
         raise wire.ProtocolError(f"job {t.job_id}: {problem}")
     if t.attempt < 1:
