@@ -148,7 +148,11 @@ def test_a_job_may_wait_for_an_array():
     ("SUBMIT --array 1-20000 true", "more than 10000 elements"),
     ("SUBMIT --array 1-5%0 true", "--array's %M"),
     ("SUBMIT --array x true", "--array takes A-B[%M]"),
-    ("SUBMIT --array 1-2 --every 5 true", "give --array or --every, not both"),
+    ("SUBMIT --array 1-2 --every 5 true", "give one of --array, --every and --cron"),
+    ("SUBMIT --every 5 --cron '* * * * *' true", "give one of --array, --every and --cron"),
+    ("SUBMIT --cron '61 * * * *' true", "--cron '61 * * * *'"),
+    ("SUBMIT --cron '* * * *' true", "Wrong number of fields"),
+    ("SUBMIT --cron '* * * * * true", "the value's ' is never closed"),
     ("SUBMIT --every 0.1 true", "--every"),
 ])
 def test_malformed_arrays_and_periods_are_refused_naming_the_option(line, expected):
@@ -165,3 +169,17 @@ def test_an_array_larger_than_the_queue_bound_without_a_cap_is_busy_and_stores_n
     assert reply.startswith(b"ERR busy") and h.core.next_seq == 1
     job, _ = submit_line(h, "SUBMIT --array 1-6%2 true")
     assert job == "n1-1"
+
+
+def test_a_cron_job_runs_at_each_match_in_utc_and_once_late_after_an_outage():
+    h = CoreHarness(slots=1)
+    h.now = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC: on a 5-minute boundary
+    parent, actions = submit_line(h, "SUBMIT --cron '*/5 * * * *' true")
+    assert not starts(actions)  # the first match is the next one, not now
+    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled cron=*/5_*_*_*_* runs=0 next=1800000300.000")
+    assert [s.job_id for s in starts(h.tick(300.0))] == ["n1-1.1"]
+    finish(h, "n1-1.1")
+    h.now += 1000.0  # down through three matches
+    h.crash()
+    assert [s.job_id for s in starts(h.tick())] == ["n1-1.2"]
+    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled cron=*/5_*_*_*_* runs=2 last=n1-1.2 next=1800001500.000")

@@ -119,7 +119,7 @@ class ClientsMixin:
         self.next_seq += 1
         job_id = f"{self.peer_id}-{seq}"
         self._writes.append((layout.META_SEQ, layout.encode(self.next_seq)))
-        if command.array is not None or command.every_s is not None:
+        if command.array is not None or command.every_s is not None or command.cron is not None:
             self._submit_parent(job_id, command)
             self._reply(token, ok(job_id))
             return

@@ -1,5 +1,5 @@
 """Jobs that make jobs: arrays (`--array A-B[%M]`) and periodic jobs
-(`--every S`). A mixin of `PeerCore`; no I/O.
+(`--every S`, `--cron EXPR`). A mixin of `PeerCore`; no I/O.
 
 A *parent* is a record of its own (g/<id>), never held nor run: it makes
 *children*, ordinary jobs `<id>.<i>` with the parent's spec, each balanced,
@@ -13,9 +13,11 @@ it (`next_index`), so no crash makes a child twice or skips one.
   when every element is: `done` if all are, `cancelled` if it was cancelled,
   else `failed`.
 * A periodic job makes run k at its k-th due time (wall clock, on the grid
-  `submitted + k × every`). A due time missed while the peer was down makes
-  one run, late, and the next is the next grid point after now: runs are
-  neither doubled nor made up for. CANCEL stops it (and its live run).
+  `submitted + k × every`, or the cron expression's next match in UTC).
+  A due time missed while the peer was down makes one run, late, and the
+  next is the next due time after now: runs are neither doubled nor made up
+  for. A run is made even if the previous one still runs (as cron does).
+  CANCEL stops it (and its live run).
 
 Counts by state are memory only, rebuilt from the children's records at
 restart; the parent record stores only what the children cannot tell.
@@ -32,7 +34,7 @@ from executor.core.events import _Waiter
 from executor.core.ids import order_key, parent_of
 from executor.core.jobs import JobRecord, JobState
 from executor.core.protocol import format_fields, ok
-from executor.core.spec import JobSpec, Submit, spec_from_wire
+from executor.core.spec import JobSpec, Submit, next_cron, spec_from_wire
 from storage import layout
 
 
@@ -45,6 +47,7 @@ class Parent:
     last: int = 0
     cap: int = 0
     every_s: float | None = None  # periodic: the period
+    cron: str | None = None  # periodic: the schedule (UTC), instead of a period
     due_at: float | None = None  # array: its elements' due time; periodic: the next run's
     next_index: int = 0  # the next child to make
     cancelled: bool = False
@@ -55,7 +58,7 @@ class Parent:
 
     @property
     def periodic(self) -> bool:
-        return self.every_s is not None
+        return self.every_s is not None or self.cron is not None
 
     @property
     def final(self) -> bool:
@@ -75,13 +78,13 @@ class Parent:
         return {"id": self.job_id, "k": self.spec.kind, "c": self.spec.command, "ms": self.spec.sleep_ms,
                 "to": self.spec.timeout_s, "o": self.spec.options_wire(), "t": self.submitted_at,
                 "ar": [self.first, self.last, self.cap], "ev": self.every_s, "due": self.due_at,
-                "n": self.next_index, "x": self.cancelled}
+                "n": self.next_index, "x": self.cancelled, "cr": self.cron}
 
     @classmethod
     def from_wire(cls, d: dict) -> Parent:
         first, last, cap = d["ar"]
         return cls(d["id"], spec_from_wire(d["k"], d["c"], d["ms"], d["to"], d["o"]), d["t"], first, last, cap,
-                   d["ev"], d["due"], d["n"], d["x"])
+                   d["ev"], d["cr"], d["due"], d["n"], d["x"])
 
 
 class ParentsMixin:
@@ -96,10 +99,10 @@ class ParentsMixin:
             else:
                 parent.due_at = command.at
         else:
-            parent.every_s = command.every_s
+            parent.every_s, parent.cron = command.every_s, command.cron
             parent.next_index = 1
             start = self._wall + (command.delay_s or 0.0) if command.at is None else command.at
-            parent.due_at = start
+            parent.due_at = start if parent.cron is None else next_cron(parent.cron, start)
         self.parents[job_id] = parent
         if parent.periodic:
             self.periodic[job_id] = parent
@@ -115,8 +118,11 @@ class ParentsMixin:
             if parent.due_at is None or parent.due_at > self._wall:
                 return
             self._make_child(parent, Submit(parent.spec))
-            missed = math.floor((self._wall - parent.due_at) / parent.every_s)  # periods slept through
-            parent.due_at += (missed + 1) * parent.every_s
+            if parent.cron is not None:
+                parent.due_at = next_cron(parent.cron, self._wall)
+            else:
+                missed = math.floor((self._wall - parent.due_at) / parent.every_s)  # periods slept through
+                parent.due_at += (missed + 1) * parent.every_s
             self._put_parent(parent)
             return
         while parent.next_index <= parent.last and (parent.cap == 0 or len(parent.live) < parent.cap):
@@ -175,7 +181,8 @@ class ParentsMixin:
             state = self.records[job_id].state.value
             counts[state] = counts.get(state, 0) + 1
         if parent.periodic:
-            fields = {"every": f"{parent.every_s:g}", "runs": parent.next_index - 1, "last": parent.last_child,
+            every = {"cron": parent.cron.replace(" ", "_")} if parent.cron else {"every": f"{parent.every_s:g}"}
+            fields = every | {"runs": parent.next_index - 1, "last": parent.last_child,
                       "next": None if parent.cancelled else f"{parent.due_at:.3f}"}
         else:
             cap = f"%{parent.cap}" if parent.cap else ""

@@ -3,11 +3,12 @@
     SUBMIT [--timeout S] [--retries N] [--backoff S] [--priority P]
            [--env NAME=VALUE]... [--cwd DIR] [--delay S | --at UNIX_TIME]
            [--keep S] [--after ID[,ID...]] [--after-any ID[,ID...]]
-           [--array A-B[%M] | --every S] [--slots K] [--] <command>
+           [--array A-B[%M] | --every S | --cron EXPR] [--slots K] [--] <command>
 
 Options come before the command, in any order; the first word that is not an
 option (or the word after `--`) starts the command, which runs as written.
-An option's value is one word (no spaces: the protocol is a line of words).
+An option's value is one word, or several in matching quotes ('...' or
+"...", no escapes): `--env 'GREETING=hello world'`, `--cron '*/5 * * * *'`.
 Every range below is a named bound; a malformed option is `ERR bad-request`
 naming the option, and nothing is stored (the parser has no state).
 
@@ -20,8 +21,12 @@ character into a job's process.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cronsim import CronSim, CronSimError
 
 from executor.core.errors import ClientError, ErrorCode
 from executor.core.ids import is_job_id
@@ -165,6 +170,7 @@ class Submit:
     at: float | None = None  # --at: due at this unix time
     array: tuple[int, int, int] | None = None  # --array A-B%M: (A, B, M; 0: no cap)
     every_s: float | None = None  # --every: a periodic job's period
+    cron: str | None = None  # --cron: a periodic job's schedule (UTC)
 
 
 def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Submit:
@@ -191,6 +197,8 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
             if j >= len(words):
                 raise ClientError(ErrorCode.BAD_REQUEST, f"{name[:32]} needs a value")
             value, i = words[j], j
+        if value[:1] in ("'", '"'):
+            value, i = _quoted(words, i, value, name)
         i += 1
         if name == "--env":
             key, has_eq, val = value.partition("=")
@@ -208,8 +216,8 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
         raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
     if "--delay" in opts and "--at" in opts:
         raise ClientError(ErrorCode.BAD_REQUEST, "give --delay or --at, not both")
-    if "--array" in opts and "--every" in opts:
-        raise ClientError(ErrorCode.BAD_REQUEST, "give --array or --every, not both")
+    if len({"--array", "--every", "--cron"} & set(opts)) > 1:
+        raise ClientError(ErrorCode.BAD_REQUEST, "give one of --array, --every and --cron")
     if "--backoff" in opts and "--retries" not in opts:
         raise ClientError(ErrorCode.BAD_REQUEST, "--backoff needs --retries")
     after, after_any = opts.get("--after", ()), opts.get("--after-any", ())
@@ -223,7 +231,8 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
     problem = spec_problem(spec)
     if problem is not None:
         raise ClientError(ErrorCode.BAD_REQUEST, problem)
-    return Submit(spec, opts.get("--delay"), opts.get("--at"), opts.get("--array"), opts.get("--every"))
+    return Submit(spec, opts.get("--delay"), opts.get("--at"), opts.get("--array"), opts.get("--every"),
+                  opts.get("--cron"))
 
 
 def _option(name: str, value: str, timeout_max_s: float):
@@ -247,6 +256,8 @@ def _option(name: str, value: str, timeout_max_s: float):
         return parse_seconds(value, "--keep", hi=KEEP_MAX_S)
     if name == "--array":
         return _parse_array(value)
+    if name == "--cron":
+        return _parse_cron(value)
     if name == "--every":
         return parse_float(value, "--every", lo=EVERY_MIN_S, hi=DELAY_MAX_S, unit="s")
     if name in ("--after", "--after-any"):
@@ -277,3 +288,34 @@ def _parse_array(value: str) -> tuple[int, int, int]:
         raise ClientError(ErrorCode.BAD_REQUEST, f"--array {first}-{last}: more than {ARRAY_ELEMENTS_MAX} elements")
     cap = parse_int(cap_text, "--array's %M (elements at once)", lo=1, hi=ARRAY_ELEMENTS_MAX) if pct else 0
     return first, last, cap
+
+
+def _quoted(words: list[str], i: int, first: str, name: str) -> tuple[str, int]:
+    """A quoted value that starts in `words[i]`: (the value, the index of its last word)."""
+    quote, parts = first[0], [first[1:]]
+    j = i
+    while not (parts[-1].endswith(quote) and (j > i or len(first) > 1)):
+        j += 1
+        if j >= len(words):
+            raise ClientError(ErrorCode.BAD_REQUEST, f"{name[:32]}: the value's {quote} is never closed")
+        parts.append(words[j])
+    return " ".join(parts)[:-1], j
+
+
+CRON_CHARS_MAX = 256
+
+
+def next_cron(expr: str, after: float) -> float:
+    """The first time matching `expr` (UTC) strictly after the unix time `after`."""
+    start = datetime.fromtimestamp(math.floor(after), timezone.utc)
+    return next(CronSim(expr, start)).timestamp()
+
+
+def _parse_cron(value: str) -> str:
+    if len(value) > CRON_CHARS_MAX:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--cron is longer than {CRON_CHARS_MAX} characters")
+    try:
+        next_cron(value, 0.0)
+    except (CronSimError, StopIteration) as exc:
+        raise ClientError(ErrorCode.BAD_REQUEST, f"--cron {value[:64]!r}: {exc or 'never matches'}") from None
+    return value
