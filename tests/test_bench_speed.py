@@ -36,3 +36,15 @@ def test_skew_is_seeded_and_its_ideal_is_the_larger_bound():
     assert lines == skew_lines()[0] and sorted(lines) != lines
     assert lines.count("1000") == 4 and lines.count("20") == 60
     assert ideal == max((4 * 1000 + 60 * 20) / 1000 / 3, 1.0)
+
+
+def test_schedule_bounds_are_the_pair_bound_and_greedy_in_submission_order():
+    from sim.bench_speed import schedule_bounds
+
+    # Four 1 s jobs on three machines: two share one, whatever the schedule.
+    assert schedule_bounds(["1000"] * 4 + ["20"] * 60) == (2.0, 2.0)
+    # Greedy in order puts the late long job after the short ones.
+    assert schedule_bounds(["20"] * 3 + ["1000"], machines=3) == (1.0, 1.02)
+    lines, ideal = skew_lines()
+    bound, greedy = schedule_bounds(lines)
+    assert ideal < bound <= greedy
