@@ -148,9 +148,8 @@ class DependencyQuery:
 @message("deps")
 @dataclass(frozen=True, slots=True)
 class DependencyReply:
-    """`states`: one (job id, state, submitted at) per id asked; the state is
-    "unknown" for an id the home has no record of (never issued, or
-    forgotten), with submitted at 0."""
+    """`states`: one (job id, state) per id asked; the state is "unknown"
+    for an id the home has no record of (never issued, or forgotten)."""
 
     home: str
-    states: tuple[tuple[str, str, float], ...]
+    states: tuple[tuple[str, str], ...]

@@ -77,9 +77,9 @@ class ScheduleMixin:
         for dep in unmet:
             self.dependents.setdefault(dep, []).append(record.job_id)
         for dep in list(unmet):
-            known = self._state_of(dep)
-            if known is not None and known[0] in _FINAL_NAMES:
-                self._dependency_final(dep, known[0])
+            state = self._state_of(dep)
+            if state in _FINAL_NAMES:
+                self._dependency_final(dep, state)
             elif split_job_id(dep)[0] != self.peer_id:
                 self.next_dependency_poll_at = self._now  # ask its home soon
 
@@ -107,13 +107,13 @@ class ScheduleMixin:
                     record.apply(JobEvent.RELEASE)
                     self._enqueue(record)
 
-    def _state_of(self, job_id: str) -> tuple[str, float] | None:
-        """(state, submitted at) of a job or a parent of ours, None if unknown."""
+    def _state_of(self, job_id: str) -> str | None:
+        """The state of a job or a parent of ours, None if unknown."""
         record = self.records.get(job_id)
         if record is not None:
-            return record.state.value, record.submitted_at
+            return record.state.value
         parent = self.parents.get(job_id)
-        return None if parent is None else (parent.state, parent.submitted_at)
+        return None if parent is None else parent.state
 
     def _poll_dependencies(self, now: float) -> None:
         """Ask other homes about the dependencies our waiting jobs wait for."""
@@ -133,25 +133,14 @@ class ScheduleMixin:
     def _on_dependency_query(self, msg: DependencyQuery) -> None:
         states = []
         for job_id in msg.job_ids[: self.config.dependency_query_ids_max]:
-            known = self._state_of(job_id)
-            states.append((job_id, _UNKNOWN, 0.0) if known is None else (job_id, known[0], float(known[1])))
+            states.append((job_id, self._state_of(job_id) or _UNKNOWN))
         self._send(msg.asker, DependencyReply(self.peer_id, tuple(states)))
 
     def _on_dependency_reply(self, msg: DependencyReply) -> None:
-        for dep, state, submitted_at in msg.states:
+        for dep, state in msg.states:
             if split_job_id(dep)[0] != msg.home or dep not in self.dependents:
                 continue  # not asked, or not of that home: a peer speaks only for its own jobs
-            for job_id in list(self.dependents[dep]):
-                record = self.records.get(job_id)
-                # A dependency younger than its dependent did not exist when the
-                # dependent was accepted: such a wait could close a cycle.
-                if record is not None and state != _UNKNOWN and submitted_at > record.submitted_at:
-                    self.dependents[dep].remove(job_id)
-                    self.unmet.get(job_id, {}).pop(dep, None)
-                    self._cancel_record(record, "dependency-not-found")
-            if not self.dependents.get(dep):
-                self.dependents.pop(dep, None)
-            elif state in _FINAL_NAMES or state == _UNKNOWN:
+            if state in _FINAL_NAMES or state == _UNKNOWN:
                 self._dependency_final(dep, state)
 
     # -- due times and retries ---------------------------------------------
@@ -216,7 +205,12 @@ class ScheduleMixin:
 
     def _became_final(self, record: JobRecord) -> None:
         """Index a final record for retention and settle what waits for it."""
-        self.unmet.pop(record.job_id, None)
+        for dep in self.unmet.pop(record.job_id, ()):  # (cancelled while it waited)
+            waiting = self.dependents.get(dep)
+            if waiting is not None and record.job_id in waiting:
+                waiting.remove(record.job_id)
+                if not waiting:
+                    del self.dependents[dep]  # nothing waits for it any more: stop asking
         end = record.finished_at if record.finished_at is not None else record.submitted_at
         if parent_of(record.job_id) is not None:
             self._child_final(record)
