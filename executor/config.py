@@ -85,7 +85,12 @@ class Config:
     for at most this long; a real peer needs one round trip."""
 
     wait_max_s: float = 3600.0
-    """Longest WAIT, and the timeout of a WAIT without one."""
+    """Longest WAIT, and the timeout of a WAIT without one. Also the longest
+    `TAIL -f` stream: past it the stream ends (`more=no`, still `running`)."""
+
+    tail_poll_s: float = 0.1
+    """How often a `TAIL -f` stream looks for new output of its job; what
+    came meanwhile goes out as one frame (of at most `output_bytes_max`)."""
 
     list_max: int = 1000
     """Largest LIST count."""
@@ -98,6 +103,23 @@ class Config:
     http_jobs_limit_max: int = 1000
     """Largest `?limit=` of `/api/jobs` (rows of a JSON reply built in the
     core's thread: bounded so one request cannot stall the peer)."""
+
+    http_fanout_timeout_s: float = 3.0
+    """Longest `/api/cluster/jobs` (and a job's page for another home) waits
+    for the members it asks, all asked at once; a member slower than this is
+    listed as not answering, and the page is served without its jobs."""
+
+    http_fanout_members_max: int = 32
+    """Members asked by one `/api/cluster/jobs` request (a connection to
+    each): bounds what one dashboard refresh costs this peer and the cluster;
+    beyond it the reply says how many were not asked (filter by peer)."""
+
+    http_fanout_connections_max: int = 64
+    """Connections to members open at once for the HTTP API, over all its
+    requests (every dashboard tab asks every member each refresh, a job's
+    page each of its dependencies' homes): file descriptors and the members'
+    connection budgets. A question waiting for one counts against
+    `http_fanout_timeout_s`."""
 
     # --- jobs -----------------------------------------------------------
     queue_jobs_max: int = 100_000

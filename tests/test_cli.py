@@ -68,6 +68,92 @@ def test_submit_wait_exits_with_the_jobs_code(cluster):
     assert proc.returncode == 124 and json.loads(proc.stdout)["reason"] == "timeout"
 
 
+def test_several_words_keep_their_meaning_one_word_is_a_shell_string(cluster):
+    """`submit -- sh -c 'echo out; exit 3'` runs sh with those two arguments
+    (the words quoted with shlex.join), not `sh -c echo out; exit 3` (the
+    words joined with spaces, as ssh does); one word runs as a shell string."""
+    a, _ = cluster
+    proc = run("submit", "--peer", a.addr, "--wait", "--", "sh", "-c", "echo out; exit 3")
+    assert (proc.returncode, proc.stdout) == (3, "out\n"), proc
+    proc = run("submit", "--peer", a.addr, "--wait", "--", "printf", "%s|", "a  b", "$HOME", "c'd")
+    assert (proc.returncode, proc.stdout) == (0, "a  b|$HOME|c'd|")
+    proc = run("submit", "--peer", a.addr, "--wait", "echo $((2 + 3)) | tr 5 V")
+    assert (proc.returncode, proc.stdout) == (0, "V\n")
+    text = " ".join(run("submit", "--help").stdout.split())
+    assert "ONE word after the options is a shell string" in text and "SEVERAL words keep their meaning" in text
+
+
+def test_submit_options(cluster, tmp_path):
+    a, _ = cluster
+    proc = run("submit", "--peer", a.addr, "--wait", "--json", "--retries", "2", "--backoff", "0.01",
+               "--priority", "4", "--env", "N=v", "--env", "M=w", "--cwd", str(tmp_path), "--keep", "600",
+               "--", "sh", "-c", 'echo "$N$M"; pwd; exit 1')
+    assert proc.returncode == 1 and json.loads(proc.stdout)["stdout"] == f"vw\n{tmp_path}\n"
+    job = json.loads(proc.stdout)["id"]
+    status = json.loads(run("status", "--peer", a.addr, "--json", job).stdout)
+    assert (status["state"], status["try"], status["priority"]) == ("failed", [3, 3], 4)
+
+    later = run("submit", "--peer", a.addr, "--delay", "600", "echo later").stdout.strip()
+    blocker = run("submit", "--peer", a.addr, "sleep 30").stdout.strip()
+    dependent = run("submit", "--peer", a.addr, "--after", blocker, "--", "echo", "dep").stdout.strip()
+    rows = run("jobs", "--peer", a.addr, "--parsable", "--state", "waiting").stdout.splitlines()
+    assert rows[0] == "id|state|try|priority|executor|exit|reason|submitted|due|after|command"
+    fields = dict(zip(rows[0].split("|"), rows[1].split("|")))
+    assert (fields["id"], fields["state"], fields["after"]) == (dependent, "waiting", blocker)
+    scheduled = json.loads(run("jobs", "--peer", a.addr, "--json", "--state", "scheduled").stdout)
+    assert [j["id"] for j in scheduled] == [later] and scheduled[0]["due"] > scheduled[0]["submitted"] + 500
+    # The text views of the new states (each once crashed on a state without a colour).
+    assert "scheduled  attempt=1  due=" in run("status", "--peer", a.addr, later).stdout
+    assert f"waiting  attempt=1  after={blocker}" in run("status", "--peer", a.addr, dependent).stdout
+    table = run("jobs", "--peer", a.addr, "-n", "3").stdout
+    assert f"after {blocker}" in table and "due in" in table
+    run("cancel", "--peer", a.addr, blocker, later)
+    assert json.loads(run("status", "--peer", a.addr, "--json", dependent).stdout)["reason"] == "dependency-failed"
+
+
+def test_values_with_spaces_and_arrays(cluster, tmp_path):
+    a, _ = cluster
+    (tmp_path / "a dir").mkdir()
+    proc = run("submit", "--peer", a.addr, "--wait", "--env", "GREETING=hello  world", "--cwd", str(tmp_path / "a dir"),
+               "--", "sh", "-c", 'echo "$GREETING from $(pwd)"')
+    assert (proc.returncode, proc.stdout) == (0, f"hello  world from {tmp_path}/a dir\n")
+    proc = run("submit", "--peer", a.addr, "--wait", "--json", "--array", "1-3%2", "echo $PEERJOBS_ARRAY_INDEX")
+    whole = json.loads(proc.stdout)
+    assert proc.returncode == 0 and (whole["state"], whole["elements"], whole["done"]) == ("done", 3, 3)
+    rows = run("jobs", "--peer", a.addr, "--parsable", "--array", whole["id"]).stdout.splitlines()
+    assert [r.split("|")[0] for r in rows[1:]] == [f"{whole['id']}.{i}" for i in (3, 2, 1)]
+    assert run("result", "--peer", a.addr, f"{whole['id']}.2").stdout == "2\n"
+    assert f"{whole['id']}  done  array=1-3%2  elements=3" in run("status", "--peer", a.addr, whole["id"]).stdout
+
+
+def test_bad_submit_options_are_usage_errors_and_send_nothing(cluster):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: a usage error must come before any connection
+    for args, words in ((["--env", "A=a' b\" c"], "cannot be sent"), (["--env", "NOEQUALS"], "NAME=VALUE"),
+                        (["--retries", "-1"], "--retries must be from 0"), (["--backoff", "1"], "needs --retries"),
+                        (["--priority", "100000"], "--priority must be from"), (["--array", "5-1"], "below the first"),
+                        (["--delay", "1", "--at", "2"], "--delay or --at"), (["--after", "x/1"], "not a job id"),
+                        (["--cron", "often"], "--cron 'often'"), (["--every", "5", "--wait"], "never finishes")):
+        line = one_error_line(run("submit", "--peer", dead, *args, "true"), code=2)
+        assert words in line and "cannot reach" not in line, line
+
+
+def test_jobs_state_filter_is_the_peers(cluster):
+    """`jobs -n 1 --state done` is the latest done job even when the latest
+    job failed: the peer filters, then counts (filtering the latest 1 job on
+    the client would show nothing)."""
+    a, _ = cluster
+    done = run("submit", "--peer", a.addr, "--wait", "true")
+    assert done.returncode == 0
+    failed = run("submit", "--peer", a.addr, "--json", "--wait", "exit 7")
+    assert failed.returncode == 7
+    latest_done = json.loads(run("jobs", "--peer", a.addr, "--json", "-n", "1", "--state", "done").stdout)
+    assert len(latest_done) == 1 and latest_done[0]["state"] == "done"
+    latest = json.loads(run("jobs", "--peer", a.addr, "--json", "-n", "1").stdout)
+    assert latest[0]["id"] == json.loads(failed.stdout)["id"] and latest[0]["state"] == "failed"
+    text = run("jobs", "--peer", a.addr, "-n", "3").stdout
+    assert text.split()[:7] == ["job", "state", "try", "prio", "executor", "age", "reason"]
+
+
 def test_batch_from_stdin_with_wait(cluster):
     a, _ = cluster
     lines = "".join(f"echo job {i}\n" for i in range(30)) + "# a comment\n\nexit 9\n"

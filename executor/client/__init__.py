@@ -22,6 +22,11 @@ trio:
 
     trio.run(main)
 
+`submit` and `submit_commands` take SUBMIT's options as keywords
+(`retries=3, priority=5, env={"A": "1"}, after=[job], ...`); every request
+line is built in `lines.py`, which checks each option with the peer's own
+parser before anything is sent (ValueError naming the option).
+
 Both speak through `ReplyReader` (`replies.py`), a sans-IO parser of the
 peer's replies; `sync.py` and `aio.py` only move bytes. `submit_many` and
 `request_many` pipeline: they write many lines before reading the replies

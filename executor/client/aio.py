@@ -161,8 +161,8 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> None:
         (await self.request(f"CANCEL {job_id}")).check()
 
-    async def list(self, count: int = 20, state: str | None = None) -> list[JobStatus]:
-        return [parse_status(line) for line in (await self.request(list_line(count, state))).check().lines]
+    async def list(self, count: int = 20, state: str | None = None, array: str | None = None) -> list[JobStatus]:
+        return [parse_status(line) for line in (await self.request(list_line(count, state, array))).check().lines]
 
     async def peers(self) -> list[str]:
         return (await self.request("PEERS")).check().lines

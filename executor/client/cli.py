@@ -23,7 +23,14 @@ import click
 
 # The command families register themselves on the one group when imported;
 # the names below stay importable from here as before the split.
-from executor.client import PeerError, Unreachable, cli_jobs, cli_node, cli_peers  # noqa: F401
+from executor.client import (  # noqa: F401
+    PeerError,
+    Unreachable,
+    cli_jobs,
+    cli_node,
+    cli_peers,
+    cli_tail,
+)
 from executor.client.cli_common import (  # noqa: F401
     EXIT_ERROR,
     EXIT_INTERRUPTED,

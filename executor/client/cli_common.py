@@ -62,7 +62,16 @@ def _print_json(value) -> None:
 
 def _state_style(state: str) -> str:
     return {"alive": "green", "done": "green", "suspect": "yellow", "running": "cyan", "queued": "magenta",
-            "dead": "red", "failed": "red", "cancelled": "dim"}.get(state, "")
+            "dead": "red", "failed": "red", "cancelled": "dim", "scheduled": "blue",
+            "waiting": "yellow"}.get(state, "")
+
+
+def _state_text(state: str):
+    """A state as rich `Text` in its colour: never read as markup, so a state
+    (or any text) a peer sends cannot break or restyle the output."""
+    from rich.text import Text
+
+    return Text(state, style=_state_style(state))
 
 
 def job_exit_code(status: JobStatus) -> int:

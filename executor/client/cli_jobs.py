@@ -32,6 +32,7 @@ from executor.client.cli_common import (
     _job_request,
     _print_json,
     _state_style,
+    _state_text,
     cli,
     client_command,
     plural,
@@ -81,7 +82,7 @@ def _command_text(words: tuple[str, ...]) -> str:
               help="wait BACKOFF x 2^(k-1) before try k+1 (needs --retries)")
 @click.option("--priority", type=int, default=None, metavar="P", help="higher starts first (default 0)")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
-              help="set a variable in the job's environment (repeatable; VALUE is one word)")
+              help="set a variable in the job's environment (repeatable)")
 @click.option("--cwd", default=None, metavar="DIR", help="the job's working directory on the peer that runs it")
 @click.option("--delay", type=float, default=None, metavar="SECONDS", help="queue the job only after this long")
 @click.option("--at", "at", type=float, default=None, metavar="UNIX_TIME", help="queue the job only at this time")
@@ -90,9 +91,14 @@ def _command_text(words: tuple[str, ...]) -> str:
 @click.option("--after", multiple=True, metavar="ID[,ID...]", help="run once every one of these jobs is done")
 @click.option("--after-any", "after_any", multiple=True, metavar="ID[,ID...]",
               help="run once every one of these jobs is finished, whatever its state")
+@click.option("--slots", type=int, default=None, metavar="K", help="the job takes K of a peer's slots")
+@click.option("--array", default=None, metavar="A-B[%M]",
+              help="jobs ID.A to ID.B, each with $PEERJOBS_ARRAY_INDEX; at most M at once")
+@click.option("--every", type=float, default=None, metavar="SECONDS", help="a periodic job: a run every SECONDS")
+@click.option("--cron", default=None, metavar="'M H DoM Mon DoW'", help="a periodic job on a cron schedule (UTC)")
 @client_command
 def submit(command, file_, wait, timeout, retries, backoff, priority, env, cwd, delay, at, keep, after, after_any,
-           addr, as_json) -> int:
+           slots, array, every, cron, addr, as_json) -> int:
     """Submit a shell command (or a file of them); print the job id.
 
     ONE word after the options is a shell string, run as written by
@@ -117,7 +123,11 @@ def submit(command, file_, wait, timeout, retries, backoff, priority, env, cwd, 
             raise click.UsageError(f"--env takes NAME=VALUE, not {item[:32]!r}")
         variables[name] = value
     options = dict(retries=retries, backoff_s=backoff, priority=priority, env=variables or None, cwd=cwd,
-                   delay_s=delay, at=at, keep_s=keep, after=_job_ids(after), after_any=_job_ids(after_any))
+                   delay_s=delay, at=at, keep_s=keep, after=_job_ids(after), after_any=_job_ids(after_any),
+                   slots=slots, array=array, every_s=every, cron=cron)
+    if wait and (every is not None or cron is not None):
+        raise click.UsageError("a periodic job never finishes, so --wait cannot wait for it "
+                               "(`peerjobs cancel ID` stops it)")
     if file_ is not None:
         if command:
             raise click.UsageError("give a command or --file, not both")
@@ -137,7 +147,10 @@ def submit(command, file_, wait, timeout, retries, backoff, priority, env, cwd, 
             else:
                 click.echo(job_id)
             return 0
-        c.wait(job_id)
+        final = c.wait(job_id)
+        if final.is_parent:  # an array: no output of its own; its elements' states
+            _print_status([final], as_json)
+            return 0 if final.state == "done" else EXIT_ERROR
         return _emit_result(c.result(job_id), as_json)
 
 
@@ -165,7 +178,7 @@ def _submit_batch(addr: str, commands: list[str], lines: list[str], wait: bool, 
                     click.echo(j)
             return EXIT_ERROR if rejected else 0
         final = _follow(c, [j for _, j in accepted], quiet=as_json)
-    rows = [{"command": cmd, **final[j].to_dict()} for cmd, j in accepted]
+    rows = [{**final[j].to_dict(), "command": cmd} for cmd, j in accepted]
     if as_json:
         _print_json(rows)
     else:
@@ -220,17 +233,19 @@ def _follow(c: Client, job_ids: list[str], *, quiet: bool, poll_s: float = 0.25,
 
 
 def _batch_summary(rows: list[dict], rejected: int) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = _console()
     by_state: dict[str, int] = {}
     for r in rows:
         by_state[r["state"]] = by_state.get(r["state"], 0) + 1
-    parts = [f"[{_state_style(s)}]{n} {s}[/]" for s, n in sorted(by_state.items())]
+    parts = [f"[{_state_style(s) or 'none'}]{n} {escape(s)}[/]" for s, n in sorted(by_state.items())]
     if rejected:
         parts.append(f"[red]{rejected} not submitted[/]")
-    runtimes = [r["runtime_ms"] for r in rows if r["runtime_ms"] is not None]
-    executors = sorted({r["executor"] for r in rows if r["executor"] not in (None, "-")})
+    runtimes = [r["runtime_ms"] for r in rows if r.get("runtime_ms") is not None]  # an array's row has none
+    executors = sorted({r["executor"] for r in rows if r.get("executor") not in (None, "-")})
     console.print(f"{plural(len(rows), 'job')}: " + ", ".join(parts)
                   + (f"; ran on {plural(len(executors), 'peer')}: {', '.join(executors)}" if executors else "")
                   + (f"; runtime p50 {sorted(runtimes)[len(runtimes) // 2]} ms" if runtimes else ""))
@@ -240,8 +255,8 @@ def _batch_summary(rows: list[dict], rejected: int) -> None:
         for col in ("job", "state", "exit", "reason", "command"):
             table.add_column(col)
         for r in bad[:20]:
-            table.add_row(r["id"], f"[{_state_style(r['state'])}]{r['state']}[/]", str(r["exit"] if r["exit"] is not None else "-"),
-                          r["reason"] or "-", r["command"])
+            table.add_row(Text(r["id"]), _state_text(r["state"]), str(r["exit"] if r.get("exit") is not None else "-"),
+                          Text(r.get("reason") or "-"), Text(r["command"]))
         console.print(table)
         if len(bad) > 20:
             console.print(f"... and {len(bad) - 20} more (peerjobs jobs, or --json)")
@@ -250,17 +265,42 @@ def _batch_summary(rows: list[dict], rejected: int) -> None:
 # --- one job ---------------------------------------------------------------
 
 
-def _status_text(s: JobStatus) -> str:
-    parts = [f"[bold]{s.job_id}[/]", f"[{_state_style(s.state)}]{s.state}[/]"]
+def _print_status(out: list[JobStatus], as_json: bool) -> None:
+    if as_json:
+        _print_json(out[0].to_dict() if len(out) == 1 else [s.to_dict() for s in out])
+        return
+    console = _console()
+    for s in out:
+        console.print(_status_text(s), soft_wrap=True)
+
+
+def _status_text(s: JobStatus):
+    """One job's line for `status`, as rich `Text` (peer text is never markup)."""
+    from rich.text import Text
+
+    if s.is_parent:  # an array or periodic job: its counts as the peer gives them
+        parts = [f"{k}={v}" for k, v in s.fields.items() if k != "submitted"]
+        return Text("  ").join([Text(s.job_id, style="bold"), _state_text(s.state), *map(Text, parts)])
+    parts = []
     if s.exit_code is not None:
         parts.append(f"exit={s.exit_code}")
     if s.reason and s.reason != "nonzero-exit":
         parts.append(f"reason={s.reason}")
     parts.append(f"attempt={s.attempt}")
+    if s.tries is not None:
+        parts.append(f"try={s.tries[0]}/{s.tries[1]}")
+    if s.tries is not None and s.fields.get("last"):  # between two tries: why the last one failed
+        parts.append(f"last={s.fields['last']}")
+    if s.priority:
+        parts.append(f"priority={s.priority}")
+    if s.after:
+        parts.append(f"after={','.join(s.after)}")
+    if s.due is not None:
+        parts.append(f"due={time.strftime('%H:%M:%S', time.localtime(s.due))}")
     parts.append(f"executor={s.executor}")
     if s.runtime_ms is not None:
         parts.append(f"runtime={s.runtime_ms}ms")
-    return "  ".join(parts)
+    return Text("  ").join([Text(s.job_id, style="bold"), _state_text(s.state), *map(Text, parts)])
 
 
 @cli.command()
@@ -269,12 +309,7 @@ def _status_text(s: JobStatus) -> str:
 def status(job_ids, addr, as_json) -> int:
     """Show the state of jobs."""
     out = [_job_request(addr, j, lambda c, j=j: c.status(j)) for j in job_ids]
-    if as_json:
-        _print_json(out[0].to_dict() if len(out) == 1 else [s.to_dict() for s in out])
-    else:
-        console = _console()
-        for s in out:
-            console.print(_status_text(s))
+    _print_status(out, as_json)
     return 0
 
 
@@ -349,19 +384,23 @@ def _parsable_row(s: JobStatus) -> str:
 @click.option("-n", "--count", type=click.IntRange(1, 1000), default=20, help="how many (default 20)")
 @click.option("--state", type=click.Choice(STATES), default=None,
               help="only jobs in this state (the peer filters: -n counts matching jobs)")
+@click.option("--array", "array", default=None, metavar="ID", help="only the children of this array or periodic job")
 @click.option("--parsable", is_flag=True,
               help="for scripts: a header line, then one line per job, fields separated by | "
                    "(docs/usage.md lists them)")
 @client_command
-def jobs(count, state, parsable, addr, as_json) -> int:
+def jobs(count, state, array, parsable, addr, as_json) -> int:
     """List the latest jobs submitted to the peer, like squeue.
 
     Columns: job id, state, try (k/n, with --retries), priority, the peer
     that runs or ran it, age, why it is not done/queued (reason, or what it
-    waits for), and the command (when the peer sends it).
+    waits for), and the command (when the peer's lines carry it).
     """
     with Client(addr, **_client_kw()) as c:
-        out = c.list(count, state)
+        try:
+            out = c.list(count, state, array)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if as_json:
         _print_json([s.to_dict() for s in out])
         return 0
@@ -371,15 +410,21 @@ def jobs(count, state, parsable, addr, as_json) -> int:
             click.echo(_parsable_row(s))
         return 0
     from rich.table import Table
+    from rich.text import Text
 
+    # The command column only when the peer's lines carry commands (`command=`).
+    with_command = any(s.command is not None for s in out)
     table = Table(box=None, header_style="bold", padding=(0, 2, 0, 0), pad_edge=False)
-    for col, justify in (("job", "left"), ("state", "left"), ("try", "right"), ("prio", "right"),
-                         ("executor", "left"), ("age", "right"), ("reason", "left"), ("command", "left")):
+    columns = [("job", "left"), ("state", "left"), ("try", "right"), ("prio", "right"), ("executor", "left"),
+               ("age", "right"), ("reason", "left")] + ([("command", "left")] if with_command else [])
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col == "command")
     now = time.time()
     for s in out:
         tries = s.tries
         why = s.reason or ""
+        if s.tries is not None and s.fields.get("last"):  # between two tries: why the last one failed
+            why = why or f"retry after {s.fields['last']}"
         if s.state == "waiting" and s.after:
             why = why or "after " + ",".join(s.after)
         elif s.state == "scheduled" and s.due is not None:
@@ -387,8 +432,9 @@ def jobs(count, state, parsable, addr, as_json) -> int:
         command = s.command or "–"
         if len(command) > _COMMAND_CHARS_SHOWN:
             command = command[: _COMMAND_CHARS_SHOWN - 1] + "…"
-        table.add_row(s.job_id, f"[{_state_style(s.state)}]{s.state}[/]", f"{tries[0]}/{tries[1]}" if tries else "–",
-                      str(s.priority), s.executor, _age(now - s.submitted) if s.submitted else "–", why, command)
+        row = [Text(s.job_id), _state_text(s.state), f"{tries[0]}/{tries[1]}" if tries else "–",
+               str(s.priority), Text(s.executor), _age(now - s.submitted) if s.submitted else "–", Text(why)]
+        table.add_row(*row, *([Text(command)] if with_command else []))
     _console().print(table)
     return 0
 

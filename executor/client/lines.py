@@ -11,14 +11,13 @@ that a peer would read differently from what the caller meant.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TypedDict
 
 from executor.core.errors import ClientError
-from executor.core.spec import env_problem, parse_submit
+from executor.core.spec import Submit, env_problem, parse_submit, text_problem
 
 _PARSE_COMMAND_BYTES_MAX = 1 << 62
 _PARSE_TIMEOUT_MAX_S = 1e9
@@ -31,6 +30,8 @@ _STATE = re.compile(r"[a-z][a-z-]{0,31}\Z")
 """A state name as LIST's `--state` takes it: one lower-case word. Which
 states exist is the peer's to say (it refuses an unknown one), so a newer
 peer's state needs no newer client."""
+
+_QUOTES = ("'", '"')
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -48,6 +49,10 @@ class SubmitOptions(TypedDict, total=False):
     keep_s: float | None
     after: Iterable[str] | None
     after_any: Iterable[str] | None
+    slots: int | None
+    array: str | None
+    every_s: float | None
+    cron: str | None
 
 
 def _number(value, name: str) -> str:
@@ -58,7 +63,7 @@ def _number(value, name: str) -> str:
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
     if isinstance(value, int):
         return str(value)
-    if not math.isfinite(value):
+    if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, not {value}")
     text = format(Decimal(repr(value)), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
@@ -70,15 +75,39 @@ def _integer(value, name: str) -> str:
     return str(value)
 
 
-def _word(value: str, name: str) -> str:
-    """A free-text option value: one word, since the protocol ends an
-    option's value at the first space (there is no quoting)."""
+def _text(value, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if any(ch.isspace() for ch in value):
-        raise ValueError(f"{name} {value[:64]!r} holds whitespace; an option's value is one word "
-                         f"(the protocol ends it at the first space and has no quoting)")
     return value
+
+
+def _parse(args: str) -> Submit:
+    """SUBMIT's arguments as the peer reads them; its refusal as ValueError
+    (a NumberError, itself a ValueError naming the option, passes as it is)."""
+    try:
+        return parse_submit(args, _PARSE_COMMAND_BYTES_MAX, _PARSE_TIMEOUT_MAX_S)
+    except ClientError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _wire(option: str, value: str, read: Callable[[Submit], str], name: str) -> str:
+    """`value` as `option`'s value on the wire: as it is when it is one word
+    the peer reads back as itself, else in the first of '...' and "..." that
+    carries it (the protocol's quotes, without escapes). `read` picks the
+    value out of a parsed SUBMIT, so each form is judged by the peer's parser."""
+    plain = value != "" and " " not in value and value[:1] not in _QUOTES
+    refusal = None
+    for form in [value] if plain else [f"'{value}'", f'"{value}"']:
+        try:
+            if read(_parse(f"{option} {form} true")) == value:
+                return form
+        except ValueError as exc:
+            if "is never closed" not in str(exc):  # the value itself is refused (a bad --cron), not its quoting
+                refusal = refusal or exc
+    if refusal is not None:
+        raise refusal
+    raise ValueError(f"{name} cannot be sent: it holds spaces, so it travels in '...' or \"...\" (no escapes), "
+                     f"and the quotes inside it would end both")
 
 
 def _ids(value, name: str) -> tuple[str, ...]:
@@ -88,9 +117,8 @@ def _ids(value, name: str) -> tuple[str, ...]:
     if not ids:
         raise ValueError(f"{name} is empty; give at least one job id (or None)")
     for job_id in ids:
-        _word(job_id, name)
-        if "," in job_id:
-            raise ValueError(f"{name}: {job_id[:64]!r} is not a job id (like n1-42)")
+        if not isinstance(job_id, str) or not job_id or any(ch in job_id for ch in ", '\""):
+            raise ValueError(f"{name}: {str(job_id)[:64]!r} is not a job id (like n1-42)")
     return ids
 
 
@@ -98,7 +126,8 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
                 backoff_s: float | None = None, priority: int | None = None, env: Mapping[str, str] | None = None,
                 cwd: str | None = None, delay_s: float | None = None, at: float | None = None,
                 keep_s: float | None = None, after: Iterable[str] | None = None,
-                after_any: Iterable[str] | None = None) -> str:
+                after_any: Iterable[str] | None = None, slots: int | None = None, array: str | None = None,
+                every_s: float | None = None, cron: str | None = None) -> str:
     """The `SUBMIT [options] [--] <command>` line for one shell command.
 
     `timeout_s`: run time limit. `retries`: re-runs after a failed try (not
@@ -108,17 +137,19 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
     executor. `delay_s` or `at` (a unix time, not both): not queued before.
     `keep_s`: how long the finished record and output are kept. `after`:
     job ids that must all be `done` first; `after_any`: ids that must all be
-    final, whatever their state.
+    final, whatever their state. `slots`: how many of a peer's slots the job
+    takes. At most one of `array` (`"A-B"` or `"A-B%M"`: jobs `<id>.<i>`),
+    `every_s` and `cron` (a periodic job: runs `<id>.<k>`).
 
-    An option's value is one word on the wire (the protocol ends it at the
-    first space and has no quoting), so an `env` value or a `cwd` holding
-    whitespace is refused here with ValueError; so is a command of several
-    lines, and anything a peer would refuse (`retries=-1`, a priority out of
-    range, `--backoff` without `--retries`, an id that is not a job id, ...;
-    the message names the option). None leaves an option to the peer's default.
+    A value with spaces (an `env` value, a `cwd`, a `cron` expression)
+    travels in the protocol's quotes, '...' or "..." (no escapes); one that
+    holds quotes that would end both is refused with ValueError. So is a
+    command of several lines, and anything a peer would refuse
+    (`retries=-1`, a priority out of range, `backoff_s` without `retries`,
+    an id that is not a job id, ...; the message names the option). None
+    leaves an option to the peer's default.
     """
-    if not isinstance(command, str):
-        raise TypeError(f"command must be a str, not {type(command).__name__}")
+    _text(command, "command")
     if "\n" in command or "\r" in command:
         raise ValueError("a command is one line (no newline); submit several with submit_commands")
     words = ["SUBMIT"]
@@ -130,21 +161,26 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
         words += ["--backoff", _number(backoff_s, "backoff_s")]
     if priority is not None:
         words += ["--priority", _integer(priority, "priority")]
+    if slots is not None:
+        words += ["--slots", _integer(slots, "slots")]
     env_items: tuple[tuple[str, str], ...] = ()
     if env is not None:
         if not isinstance(env, Mapping):
             raise TypeError(f"env must be a mapping of NAME to VALUE, not {type(env).__name__}")
         env_items = tuple(env.items())
         for name, value in env_items:
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"env names and values must be str, not {type(name).__name__}: "
-                                f"{type(value).__name__}")
+            _text(name, "an env name")
+            _text(value, f"env value of {name}")
             problem = env_problem(name, value)
             if problem is not None:
                 raise ValueError(problem)
-            words += ["--env", f"{name}={_word(value, f'env value of {name}')}"]
+            words += ["--env", _wire("--env", f"{name}={value}", lambda s: "=".join(s.spec.env[0]),
+                                     f"env value of {name}")]
     if cwd is not None:
-        words += ["--cwd", _word(cwd, "cwd")]
+        problem = text_problem(_text(cwd, "cwd"), "--cwd directory")
+        if problem is not None:
+            raise ValueError(problem)
+        words += ["--cwd", _wire("--cwd", cwd, lambda s: s.spec.cwd, "cwd")]
     if delay_s is not None:
         words += ["--delay", _number(delay_s, "delay_s")]
     if at is not None:
@@ -157,17 +193,22 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
         words += ["--after", ",".join(after_ids)]
     if after_any_ids:
         words += ["--after-any", ",".join(after_any_ids)]
+    if array is not None:
+        if not _text(array, "array") or any(ch in array for ch in " '\""):
+            raise ValueError(f"array {array[:32]!r} is not A-B or A-B%M (like '1-10' or '0-99%5')")
+        words += ["--array", array]
+    if every_s is not None:
+        words += ["--every", _number(every_s, "every_s")]
+    if cron is not None:
+        words += ["--cron", _wire("--cron", _text(cron, "cron"), lambda s: s.cron, "cron")]
     if command.lstrip().startswith("-"):
         words.append("--")  # the command's first word would read as an option
     line = " ".join(words) + " " + command
 
-    try:  # a NumberError (a ValueError naming the option) passes through as it is
-        parsed = parse_submit(line[len("SUBMIT "):], _PARSE_COMMAND_BYTES_MAX, _PARSE_TIMEOUT_MAX_S)
-    except ClientError as exc:
-        raise ValueError(exc.message) from None
+    parsed = _parse(line[len("SUBMIT "):])
     spec = parsed.spec
-    meant = (command.strip(), env_items, cwd or "", after_ids, after_any_ids)
-    read = (spec.command, spec.env, spec.cwd, spec.after, spec.after_any)
+    meant = (command.strip(), env_items, cwd or "", after_ids, after_any_ids, cron)
+    read = (spec.command, spec.env, spec.cwd, spec.after, spec.after_any, parsed.cron)
     if read != meant:  # the guard for "quotes nothing wrongly": never reached by a value the checks above let by
         raise ValueError(f"the SUBMIT line would not reach the peer as meant: {line[:200]!r}")
     return line
@@ -177,12 +218,16 @@ def wait_line(job_id: str, timeout_s: float | None) -> str:
     return f"WAIT {job_id}" + (f" {_number(max(timeout_s, 0.001), 'timeout_s')}" if timeout_s is not None else "")
 
 
-def list_line(count: int, state: str | None = None) -> str:
-    """`LIST <count> [--state S]`: the latest `count` jobs of the peer, only
-    those in `state` when given (filtered by the peer)."""
+def list_line(count: int, state: str | None = None, array: str | None = None) -> str:
+    """`LIST <count> [--state S] [--array ID]`: the latest `count` jobs of the
+    peer; only those in `state`, only the children of the array or periodic
+    job `array`, when given (the peer filters)."""
     line = f"LIST {_integer(count, 'count')}"
     if state is not None:
         if not isinstance(state, str) or not _STATE.match(state):
             raise ValueError(f"state {str(state)[:32]!r} is not a state name (queued, running, done, ...)")
         line += f" --state {state}"
+    if array is not None:
+        _ids([array], "array")
+        line += f" --array {array}"
     return line

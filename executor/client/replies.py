@@ -136,12 +136,21 @@ class JobStatus:
         return value.split(",") if value else []
 
     @property
+    def is_parent(self) -> bool:
+        """An array (`array=`) or periodic job (`every=`/`cron=`): its line
+        counts its children by state instead of describing one run."""
+        return any(key in self.fields for key in ("array", "every", "cron"))
+
+    @property
     def command(self) -> str | None:
         """The job's command, when the line carries it (`command=` is then
         the last field and runs to the end of the line); None otherwise."""
         return self.fields.get("command")
 
     def to_dict(self) -> dict:
+        if self.is_parent:  # the parent's own fields, numbers as numbers
+            rest = {k: int(v) if v.isdigit() else v for k, v in self.fields.items() if k != "submitted"}
+            return {"id": self.job_id, "state": self.state, "submitted": self.submitted, **rest}
         tries = self.tries
         return {"id": self.job_id, "state": self.state, "attempt": self.attempt, "executor": self.executor,
                 "exit": self.exit_code, "reason": self.reason, "submitted": self.submitted,

@@ -131,10 +131,11 @@ class Client:
 
         Options (keyword, each None by default: the peer's default): `timeout_s`,
         `retries`, `backoff_s`, `priority`, `env` (a dict), `cwd`, `delay_s`
-        or `at`, `keep_s`, `after` and `after_any` (lists of job ids); see
-        `executor.client.lines.submit_line`, which checks them and raises
-        ValueError/TypeError before anything is sent (an `env` value or `cwd`
-        holding whitespace among them: an option's value is one word)."""
+        or `at`, `keep_s`, `after` and `after_any` (lists of job ids),
+        `slots`, and one of `array` ("A-B[%M]"), `every_s` and `cron`; see
+        `executor.client.lines.submit_line`, which checks them with the
+        peer's own parser and raises ValueError/TypeError, naming the
+        option, before anything is sent. A value with spaces is quoted."""
         return self.request(submit_line(command, timeout_s, **options))
 
     def submit_sleep(self, ms: int) -> str:
@@ -183,10 +184,11 @@ class Client:
     def cancel(self, job_id: str) -> None:
         self.request(f"CANCEL {job_id}")
 
-    def list(self, count: int = 20, state: str | None = None) -> list[JobStatus]:
+    def list(self, count: int = 20, state: str | None = None, array: str | None = None) -> list[JobStatus]:
         """The latest `count` jobs submitted to this peer, latest first; with
-        `state`, the latest `count` in that state (the peer filters)."""
-        return [parse_status(line) for line in self._lines(list_line(count, state))]
+        `state`, the latest `count` in that state; with `array`, the children
+        of that array or periodic job (the peer filters)."""
+        return [parse_status(line) for line in self._lines(list_line(count, state, array))]
 
     def peers(self) -> list[str]:
         """The raw PEERS lines (see `members` for parsed ones)."""

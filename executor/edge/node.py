@@ -50,6 +50,7 @@ from executor.edge.runner import (
     run_job,
 )
 from executor.edge.sessions import _Client, _Slot
+from executor.edge.tail import LiveOutput, TailMixin
 from storage import layout
 from storage.store import LevelStore, Store, StoreError
 
@@ -58,7 +59,7 @@ log = logging.getLogger("peerjobs")
 _RECEIVE_BYTES = 65536
 
 
-class Node(ConnectionsMixin, CommitPipelineMixin):
+class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
     def __init__(
         self,
         *,
@@ -106,6 +107,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin):
         self.core: PeerCore | None = None  # made in run(), once the port is bound
         self.inbox_send, self.inbox = trio.open_memory_channel(config.inbox_events_max)
         self.job_scopes: dict[str, trio.CancelScope] = {}
+        self.live_outputs: dict[tuple[str, int], LiveOutput] = {}  # TAIL: executor/edge/tail.py
         self.clients = 0  # client connections (client_connections_max)
         self.peer_links = 0  # inbound peer links (peer_links_max)
         self.connections = 0  # every open inbound connection, of either kind
@@ -245,7 +247,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin):
                 free = await trio.to_thread.run_sync(self.free_bytes) if self.store.blocks else self.free_bytes()
                 await self._report_free(free)
 
-    async def _run_job(self, start: StartJob, scope: trio.CancelScope) -> None:
+    async def _run_job(self, start: StartJob, scope: trio.CancelScope, live: LiveOutput) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)
         with scope:
             try:
@@ -256,6 +258,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin):
                     output_bytes_max=self.config.output_bytes_max,
                     kill_grace_s=self.config.kill_grace_s,
                     spawned=functools.partial(self._spawned, start.job_id),
+                    live=live,
                 )
             finally:
                 if self.job_scopes.get(start.job_id) is scope:
@@ -269,6 +272,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin):
             exited = JobExited(start.job_id, start.attempt, None, "cancelled")
         log.debug("%s: job %s attempt %d exited: code=%s reason=%s",
                   self.peer_id, start.job_id, start.attempt, exited.exit_code, exited.reason)
+        live.end(exited)  # TAIL -f followers send their last frame
         await self.inbox_send.send(exited)
 
 

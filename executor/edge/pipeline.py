@@ -14,11 +14,26 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import trio
 
-from executor.core import DiskSpace, KillJob, Log, Reply, ReplyResult, Send, StartJob, Tick, carry_out, read_result
+from executor.core import (
+    DiskSpace,
+    JobExited,
+    KillJob,
+    Log,
+    Reply,
+    ReplyResult,
+    ReplyTail,
+    Send,
+    StartJob,
+    Tick,
+    carry_out,
+    read_result,
+)
 from executor.edge.sessions import _fill
+from executor.edge.tail import LiveOutput
 from storage.store import StoreError
 
 log = logging.getLogger("peerjobs")
@@ -26,6 +41,16 @@ log = logging.getLogger("peerjobs")
 
 class StorageFailed(Exception):
     """A synced write failed: the peer stops (fail-stop); one line says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ForgetLiveOutput:
+    """The edge's own action, queued behind the batch in which the core
+    handled a run's exit: every `ReplyTail` the core made while the job ran
+    here is carried out before it, so each finds the run's output; no TAIL
+    handled after that exit is answered from it (the core has let it go)."""
+
+    key: tuple[str, int]  # (job id, attempt)
 
 
 class CommitPipelineMixin:
@@ -45,9 +70,12 @@ class CommitPipelineMixin:
             event = await inbox.receive()
             now, wall = self.clock(), self.wall_clock()
             count = 0
+            ended: list[_ForgetLiveOutput] = []
             while True:
                 if type(event) is Tick:
                     self._tick_pending = False
+                elif type(event) is JobExited:
+                    ended.append(_ForgetLiveOutput((event.job_id, event.attempt)))
                 core.handle(event, now, wall)
                 count += 1
                 if count >= self.config.commit_events_max:
@@ -64,6 +92,8 @@ class CommitPipelineMixin:
                         break
             writes, actions = core.take()
             carry_out(writes, actions, at_once=self._execute, durably=self._commit_later)
+            if ended:
+                self._commit_later([], ended)
             # Clients already wait at commit_writes_max (_client_reader);
             # this is the last resort that keeps memory bounded.
             while len(self._pending_writes) >= 2 * self.config.commit_writes_max:
@@ -141,11 +171,20 @@ class CommitPipelineMixin:
             # KillJob carried out in the same batch (a CANCEL handled right
             # after the start, before the task ran) finds it: cancel wins.
             scope = self.job_scopes[action.job_id] = trio.CancelScope()
-            self.nursery.start_soon(self._run_job, action, scope)
+            # Its output is readable (TAIL) from this moment on, as its scope
+            # is; forgotten once the core has handled its exit and the replies
+            # of that batch are out (`_ForgetLiveOutput`). At most one per slot,
+            # plus runs ending.
+            live = self.live_outputs[(action.job_id, action.attempt)] = LiveOutput(self.config.output_bytes_max)
+            self.nursery.start_soon(self._run_job, action, scope, live)
         elif kind is Send:
             self.links.send(action.peer_id, action.addr, action.message)
         elif kind is ReplyResult:
             self._deliver(action.token, read_result(self.store, action.job_id), False)
+        elif kind is ReplyTail:
+            self._reply_tail(action)  # executor/edge/tail.py
+        elif kind is _ForgetLiveOutput:
+            self.live_outputs.pop(action.key, None)
         elif kind is KillJob:
             scope = self.job_scopes.get(action.job_id)
             if scope is not None:

@@ -44,10 +44,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from executor.core import JobExited, StartJob
+from executor.core.ids import parent_of
+
+if TYPE_CHECKING:
+    from executor.edge.tail import LiveOutput  # it holds this module's captures
 
 _READ_CHUNK_BYTES = 65536
 
@@ -223,11 +228,13 @@ async def run_job(
     output_bytes_max: int,
     kill_grace_s: float,
     spawned: Callable[[dict], Awaitable[None]] = _no_record,
+    live: LiveOutput | None = None,
 ) -> JobExited:
     """Run the job to its end. Cancellation kills the process group and
     propagates; the caller turns it into a `cancelled` exit. `spawned` gets
     the session leader's record (`process_record`) and must return once it is
-    durable: the command runs only after that."""
+    durable: the command runs only after that. `live`: capture into its
+    captures (TAIL reads them while the job runs), not fresh ones."""
     if start.spec.kind == "sleep":
         with trio.move_on_after(start.timeout_s) as scope:
             await trio.sleep(start.spec.sleep_ms / 1000)
@@ -237,7 +244,10 @@ async def run_job(
         process, go_write = await _spawn(start, peer_id, workdir)
     except OSError as exc:
         return _spawn_error(start, exc)
-    out, errs = _Capture(output_bytes_max), _Capture(output_bytes_max)
+    if live is not None:
+        out, errs = live.stdout, live.stderr
+    else:
+        out, errs = _Capture(output_bytes_max), _Capture(output_bytes_max)
     reason = await _supervise(process, go_write, start, spawned, (out, errs), kill_grace_s)
     code = process.returncode
     if reason is None and code is not None and code < 0:
@@ -259,6 +269,8 @@ async def _spawn(start: StartJob, peer_id: str, workdir: str) -> tuple[trio.Proc
     env = dict(os.environ)
     env.update(start.spec.env)  # names checked: never a PEERJOBS_ one (executor/core/spec.py)
     env.update(PEERJOBS_JOB_ID=start.job_id, PEERJOBS_ATTEMPT=str(start.attempt), PEERJOBS_PEER=peer_id)
+    if parent_of(start.job_id) is not None:  # an array's element (a periodic job's run): its index
+        env["PEERJOBS_ARRAY_INDEX"] = start.job_id.rpartition(".")[2]
     go_read = go_write = -1
     try:
         # A job may have removed the work directory (`cd .. && rm -rf work`):

@@ -5,7 +5,11 @@ errors, AUTH, STATS, the allow-list), a writer sends replies in request
 order, so clients may pipeline. Bounds: `client_pipeline_max` requests in
 flight, `client_reply_bytes_max` reply bytes owed, `slow_sender_s`,
 `client_idle_s`, `slow_receiver_s`; a hang-up frees the connection slot at
-once (`client_draining_max`)."""
+once (`client_draining_max`).
+
+`TAIL <id> -f` is the one reply written in parts (`_fill_part`, by its
+follower in executor/edge/tail.py); its slot holds back later replies until
+its last frame, as a WAIT's does (docs/protocol.md, TAIL)."""
 
 from __future__ import annotations
 
@@ -31,10 +35,20 @@ _RECEIVE_BYTES = 65536
 
 @dataclass(eq=False)
 class _Slot:
-    """One reply a client is owed, in request order."""
+    """One reply a client is owed, in request order. A streamed reply
+    (TAIL -f) is filled in parts: while `streaming`, the writer sends what
+    `data` holds and leaves the slot at the head; `stop` asks its follower
+    to end the stream (the client hung up)."""
 
     data: bytes | None = None
     close: bool = False
+    streaming: bool = False
+    stop: bool = False
+
+    @property
+    def answered(self) -> bool:
+        """Its whole reply is there (a stream: its last frame too)."""
+        return self.data is not None and not self.streaming
 
 
 @dataclass(eq=False)
@@ -48,6 +62,7 @@ class _Client:
     holds_slot: bool = False  # counts against client_connections_max (until EOF)
     draining: int = 0  # 1 while it counts against client_draining_max
     owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
+    gone: bool = False  # the connection is over: a TAIL -f follower stops
 
 
 @dataclass(eq=False)
@@ -77,6 +92,7 @@ class SessionsMixin:
                 client.closed = True
                 client.ready.unpark_all()
         finally:
+            client.gone = True
             if client.holds_slot:
                 self.clients -= 1
             self.draining -= client.draining
@@ -173,19 +189,23 @@ class SessionsMixin:
         await self.inbox_send.send(ClientRequest((client, slot), command))
         if type(command) is protocol.Quit:
             return False
-        if type(command) is protocol.Wait:
+        follow = type(command) is protocol.Tail and command.follow
+        if type(command) is protocol.Wait or follow:
             # Commands after a WAIT see the world after it, as a script piped
             # into nc expects; the reply order alone would not give that.
             # Meanwhile the client is still read (into the backlog, unparsed),
             # so that a hang-up frees its connection slot at once. (Not under
             # TLS: a cancelled read may leave an SSLStream broken, so a TLS
-            # client's hang-up shows after its WAIT.)
+            # client's hang-up shows after its WAIT.) A TAIL -f is held the
+            # same way, and a hang-up ends its stream (the follower sends a
+            # last frame within `tail_poll_s`): nobody is there to read it.
             watch = not reading.eof and not isinstance(reading.stream, trio.SSLStream)
             if watch and await self._read_while_waiting(reading.stream, client, slot, reading.backlog):
                 reading.eof = True
+                slot.stop = follow
                 if not self._hung_up(client):
                     return False
-            while slot.data is None:
+            while not slot.answered:
                 await client.ready.park()
         return True
 
@@ -242,7 +262,7 @@ class SessionsMixin:
         async with trio.open_nursery() as nursery:
 
             async def answered() -> None:
-                while slot.data is None:
+                while not slot.answered:
                     await client.ready.park()
                 nursery.cancel_scope.cancel()
 
@@ -267,8 +287,12 @@ class SessionsMixin:
                 out = []
                 close = False
                 while pending and pending[0].data is not None:
-                    slot = pending.popleft()
+                    slot = pending[0]
                     out.append(slot.data)
+                    if slot.streaming:
+                        slot.data = None  # more frames follow; the replies behind it wait
+                        break
+                    pending.popleft()
                     if client.budget is not None:
                         client.budget.release()
                     if slot.close:
@@ -290,7 +314,19 @@ class SessionsMixin:
 
 
 def _fill(client: _Client, slot: _Slot, data: bytes, close: bool = False) -> None:
-    slot.data = data
+    if slot.streaming:  # a stream's last frame, maybe behind frames not yet written
+        slot.data = data if slot.data is None else slot.data + data
+        slot.streaming = False
+    else:
+        slot.data = data
     slot.close = close
+    client.owed_bytes += len(data)
+    client.ready.unpark_all()
+
+
+def _fill_part(client: _Client, slot: _Slot, data: bytes) -> None:
+    """One frame of a streamed reply, more to follow (`_fill` sends the last)."""
+    slot.data = data if slot.data is None else slot.data + data
+    slot.streaming = True
     client.owed_bytes += len(data)
     client.ready.unpark_all()
