@@ -100,14 +100,14 @@ def test_a_periodic_job_makes_one_run_per_period_and_one_late_run_after_a_long_o
     assert not starts(h.tick(5.0))
     assert [s.job_id for s in starts(h.tick(5.0))] == ["n1-1.2"]
     finish(h, "n1-1.2")
-    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled every=10 runs=2 last=n1-1.2 next=1020.000 done=2")
+    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled every=10 runs=2 last_run=n1-1.2 next=1020.000 done=2")
     # Down for 35 s, through three due times: one run, late, at the restart;
     # the next on the grid after it.
     h.now += 35.0
     h.crash()
     assert [s.job_id for s in starts(h.tick())] == ["n1-1.3"]
     finish(h, "n1-1.3")
-    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled every=10 runs=3 last=n1-1.3 next=1050.000")
+    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled every=10 runs=3 last_run=n1-1.3 next=1050.000")
     assert not starts(h.tick(4.0))
     assert [s.job_id for s in starts(h.tick(1.0))] == ["n1-1.4"]
 
@@ -182,4 +182,4 @@ def test_a_cron_job_runs_at_each_match_in_utc_and_once_late_after_an_outage():
     h.now += 1000.0  # down through three matches
     h.crash()
     assert [s.job_id for s in starts(h.tick())] == ["n1-1.2"]
-    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled cron=*/5_*_*_*_* runs=2 last=n1-1.2 next=1800001500.000")
+    assert ask(h, Status(parent)).startswith("OK n1-1 scheduled cron=*/5_*_*_*_* runs=2 last_run=n1-1.2 next=1800001500.000")

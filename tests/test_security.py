@@ -282,7 +282,7 @@ async def test_slow_loris_is_cut_off(tmp_path):
         assert node.edge_stats["slow_sender"] >= 3
         good = await trio.open_tcp_stream("127.0.0.1", port)
         await good.send_all(b"PEERS\n")
-        assert (await _line(good)).startswith(b"OK 1 peers")
+        assert (await _line(good)).startswith(b"OK 1 peer")
         assert node.edge_stats["handler_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -314,7 +314,7 @@ async def test_connection_flood_and_resets(tmp_path):
                 await trio.sleep(0.01)
         good = await trio.open_tcp_stream("127.0.0.1", port)
         await good.send_all(b"PEERS\n")
-        assert (await _line(good)).startswith(b"OK 1 peers")
+        assert (await _line(good)).startswith(b"OK 1 peer")
         assert node.edge_stats["handler_errors"] == 0
         nursery.cancel_scope.cancel()
 
@@ -360,12 +360,12 @@ async def test_connections_per_source_address(autojump_clock, tmp_path):
         assert (await _line(streams[3])).startswith(b"ERR too-many-connections")
         client, server = trio.testing.memory_stream_pair()
         nursery.start_soon(n1.serve, _FromAddress(server, "192.0.2.8"))  # another address is served
-        assert (await ask(client, "PEERS")).startswith("OK 1 peers")
+        assert (await ask(client, "PEERS")).startswith("OK 1 peer")
         await streams[0].aclose()
         await trio.sleep(0.1)
         client, server = trio.testing.memory_stream_pair()
         nursery.start_soon(n1.serve, _FromAddress(server, "192.0.2.7"))  # a slot came free
-        assert (await ask(client, "PEERS")).startswith("OK 1 peers")
+        assert (await ask(client, "PEERS")).startswith("OK 1 peer")
         nursery.cancel_scope.cancel()
 
 

@@ -258,6 +258,8 @@ def reply_shape(request: str) -> str:
         return LINES
     if verb == "RESULT" or (verb.startswith("R") and verb != "R" and not verb.isdigit() and "-" in verb) or verb == "R":
         return RESULT
+    if verb == "TAIL" and not request.rstrip().endswith(" -f"):
+        return RESULT  # (TAIL -f is a stream of such frames: executor/client/tail.py reads it)
     return LINE
 
 

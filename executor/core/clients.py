@@ -60,7 +60,7 @@ class ClientsMixin:
                     record = self.records[job_id]
                     if ((command.state is None or record.state.value == command.state)
                             and (command.array is None or parent_of(job_id) == command.array)):
-                        latest.append(self._status_text(record))
+                        latest.append(self._status_text(record, listing=True))
                         if len(latest) >= command.count:
                             break
                 self._reply(token, lines_reply("jobs", latest))
@@ -189,7 +189,9 @@ class ClientsMixin:
         self._cancel_record(record, "cancelled")
         self._reply(token, ok(f"{record.job_id} cancelled"))
 
-    def _status_text(self, record: JobRecord) -> str:
+    def _status_text(self, record: JobRecord, listing: bool = False) -> str:
+        """A STATUS line's text; a LIST line's (`listing`) also ends with
+        `command=` and the command, the rest of the line."""
         spec, final = record.spec, record.state.final
         fields = {
             "attempt": record.attempt,
@@ -207,8 +209,14 @@ class ClientsMixin:
                 if record.finished_at is not None and record.started_at is not None
                 else None
             ),
+            "slots": spec.slots if spec.slots != 1 else None,
+            "parent": parent_of(record.job_id),
         }
-        return f"{record.job_id} {record.state.value} {format_fields(fields)}"
+        text = f"{record.job_id} {record.state.value} {format_fields(fields)}"
+        if listing:
+            shown = spec.command if spec.kind == "sh" else f"(sleep {spec.sleep_ms} ms)"
+            text += f" command={shown}"
+        return text
 
     def _status_line(self, record: JobRecord) -> bytes:
         return ok(self._status_text(record))

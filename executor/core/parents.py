@@ -182,7 +182,7 @@ class ParentsMixin:
             counts[state] = counts.get(state, 0) + 1
         if parent.periodic:
             every = {"cron": parent.cron.replace(" ", "_")} if parent.cron else {"every": f"{parent.every_s:g}"}
-            fields = every | {"runs": parent.next_index - 1, "last": parent.last_child,
+            fields = every | {"runs": parent.next_index - 1, "last_run": parent.last_child,
                       "next": None if parent.cancelled else f"{parent.due_at:.3f}"}
         else:
             cap = f"%{parent.cap}" if parent.cap else ""

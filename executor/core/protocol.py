@@ -312,9 +312,11 @@ def ok(text: str) -> bytes:
 
 
 def lines_reply(what: str, lines: list[str]) -> bytes:
-    """`OK <k> <what>` followed by exactly k lines."""
+    """`OK <k> <what>` followed by exactly k lines (`what` a plural, said
+    in the singular for one: `OK 1 peer`)."""
     body = "".join(line + "\n" for line in lines)
-    return f"OK {len(lines)} {what}\n{body}".encode()
+    word = what[:-1] if len(lines) == 1 and what.endswith("s") else what
+    return f"OK {len(lines)} {word}\n{body}".encode()
 
 
 def format_fields(fields: dict[str, object]) -> str:
