@@ -121,6 +121,12 @@ class Config:
     connection budgets. A question waiting for one counts against
     `http_fanout_timeout_s`."""
 
+    http_fanout_reply_bytes_max: int = 16 * 1024 * 1024
+    """Bytes read from one member for one question (a LIST of
+    `http_jobs_limit_max` lines, a RESULT or TAIL of 2 x `output_bytes_max`):
+    past it that member is listed as `reply-too-large`, and what it sent is
+    dropped; a member cannot make this peer buffer without end."""
+
     # --- jobs -----------------------------------------------------------
     queue_jobs_max: int = 100_000
     """Jobs queued (not running) at this peer; SUBMIT past it gets `ERR busy`

@@ -60,7 +60,7 @@ converging, a job run end to end)."""
 CONCURRENCY_MAX = 64
 """Largest --concurrency: connections in flight at once from the fuzzer."""
 
-_OK_PEERS = re.compile(rb"OK [0-9]+ peers\n")
+_OK_PEERS = re.compile(rb"OK [0-9]+ peers?\n")
 
 
 def _say(*parts) -> None:

@@ -425,7 +425,7 @@ def _run_edge(security: Security, attack, config: Config | None = None):
             await good.send_all(hello + b"PEERS\n")
             data = b""
             with trio.fail_after(5):
-                while b"peers\n" not in data:
+                while b" peer\n" not in data and b" peers\n" not in data:
                     data += await good.receive_some(4096)
             await good.send_all(b"QUIT\n")
             after = dict(store.scan(b""))

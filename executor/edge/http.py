@@ -6,11 +6,14 @@ errors are JSON `{"error": <ErrorCode>, "message": ..., <the error's fields>}`.
 Everything here *reads*: counters and the cluster view are read from
 `node.statistics()` and `node.core` between awaits (the same thread as the
 core loop, so each read sees one consistent state), and never changed. A job's
-status is read from the core's record; its output is asked of the core with a
-typed `protocol.Result` through `Node.ask`. No string from an HTTP request is
-ever written to the text protocol: the job id in a path is checked with the
-one job-id predicate (`protocol.is_job_id`) and travels as a field of a typed
-command, so `%0A`, `%0D` or a smuggled `AUTH` can never become a line.
+status and output are asked of the core with typed commands (`protocol.Status`,
+`Result`, `Tail`, `ListJobs`) through `Node.ask`, and of another member on its
+client port with the lines of those same typed commands
+(executor/edge/http_jobs.py). No string from an HTTP request is ever parsed
+or sent as a protocol line: a job id in a path or a query is checked with the
+one job-id predicate (`protocol.is_job_id`), a state against the closed set
+of states, a peer against membership, so `%0A`, `%0D` or a smuggled `AUTH`
+can never become a line.
 
 With a client token (`node.security.token`), every `/api/...` route needs
 `Authorization: Bearer <token>` (401 otherwise); the page, `/healthz` and
@@ -23,16 +26,20 @@ Routes:
     GET /metrics          Prometheus text format
     GET /api/cluster      this peer, its counters, and every member with its load
     GET /api/history      members' queued/running sampled every 2 s, last 10 minutes
-    GET /api/jobs         jobs submitted here, newest first; ?state=&q=&limit= (1..http_jobs_limit_max)
-    GET /api/jobs/<id>    one job's status, command and output
+    GET /api/jobs         jobs submitted here, newest first; ?state=&array=&q=&limit= (1..http_jobs_limit_max)
+    GET /api/jobs/<id>    one job of this home: status, tries, dependencies with their states, command,
+                          environment names, directory, and its output (live while it runs)
+    GET /api/cluster/jobs every member's jobs, newest first; ?state=&array=&peer=&limit=
+    GET /api/cluster/jobs/<id>  one job of any home, as /api/jobs/<id> (what its home's lines carry)
     GET /healthz          "ok"
+
+The cluster routes and the job rows: executor/edge/http_jobs.py.
 """
 
 from __future__ import annotations
 
 import collections
 import hmac
-import json
 import logging
 import time
 from importlib import resources
@@ -40,17 +47,26 @@ from urllib.parse import parse_qs
 
 import trio
 
-from executor.client import parse_error, parse_peer, parse_status
+from executor.client import parse_peer
 from executor.core import protocol
+from executor.core.ids import parent_of, split_job_id
+from executor.core.jobs import JobState
 from executor.core.numbers import NumberError, parse_int
 from executor.core.protocol import ErrorCode
+from executor.edge.http_jobs import (
+    _fail,
+    _json,
+    cluster_jobs,
+    job_detail,
+    recent_jobs,
+)
 from executor.edge.metrics import PROMETHEUS_CONTENT_TYPE, Metrics, NodeCollector  # noqa: F401 -- names kept here
 
 log = logging.getLogger("peerjobs")
 
 HISTORY_INTERVAL_S = 2.0
 HISTORY_SAMPLES = 300  # 10 minutes
-QUERY_FIELDS_MAX = 16  # query parameters parsed per request; the API knows three
+QUERY_FIELDS_MAX = 16  # query parameters parsed per request; the API knows five (state, array, peer, q, limit)
 QUERY_TEXT_CHARS_MAX = 256  # `?q=`: searched in every record's command, in the core's thread
 
 
@@ -77,28 +93,6 @@ def cluster_view(node) -> dict:
             "load_min": min(loads, default=0.0), "load_max": max(loads, default=0.0),
         },
     }
-
-
-def job_row(record) -> dict:
-    spec = record.spec
-    runtime = (round((record.finished_at - record.started_at) * 1000)
-               if record.finished_at is not None and record.started_at is not None else None)
-    return {
-        "id": record.job_id, "state": record.state.value, "attempt": record.attempt,
-        "executor": record.executor or None, "exit": record.exit_code, "reason": record.reason,
-        "submitted": record.submitted_at, "runtime_ms": runtime,
-        "command": spec.command if spec.kind == "sh" else f"(sleep {spec.sleep_ms} ms)",
-    }
-
-
-def recent_jobs(node, *, state: str | None = None, text: str | None = None, limit: int = 50) -> dict:
-    core = node.core
-    out = [job_row(r) for r in core.find_jobs(limit, state=state, text=text, key=_newest)]
-    return {"peer": node.peer_id, "counts": dict(core.job_counts()), "total": core.job_total(), "jobs": out}
-
-
-def _newest(record) -> tuple[float, int]:
-    return record.submitted_at, protocol.split_job_id(record.job_id)[1]
 
 
 class History:
@@ -129,6 +123,25 @@ class History:
         while True:
             self.sample()
             await trio.sleep(HISTORY_INTERVAL_S)
+
+
+def _filters(node, query: dict) -> tuple[str | None, str | None, int] | tuple[int, str, bytes]:
+    """`state`, `array` and `limit` of a jobs query, checked; or the 400."""
+    limit_max = node.config.http_jobs_limit_max
+    try:
+        limit = parse_int(query["limit"], "limit", lo=1, hi=limit_max) if "limit" in query else 50
+    except NumberError as exc:
+        return _fail(400, ErrorCode.BAD_REQUEST, str(exc))
+    state = query.get("state") or None
+    if state is not None and state not in _STATES:
+        return _fail(400, ErrorCode.BAD_REQUEST, f"state {state[:32]!r} is not one of {', '.join(_STATES)}")
+    array = query.get("array") or None
+    if array is not None and (not protocol.is_job_id(array) or parent_of(array) is not None):
+        return _fail(400, ErrorCode.BAD_ID, f"array {array[:64]!r} is not an array's id (like n1-5)")
+    return state, array, min(limit, limit_max)
+
+
+_STATES = tuple(state.value for state in JobState)
 
 
 # ---------------------------------------------------------------------------
@@ -202,79 +215,48 @@ class App:
         if path == "/api/history":
             return 200, "application/json", _json(
                 {"interval_s": HISTORY_INTERVAL_S, "samples": list(self.history.samples)})
-        if path == "/api/jobs":
-            limit_max = node.config.http_jobs_limit_max
-            try:
-                limit = parse_int(query["limit"], "limit", lo=1, hi=limit_max) if "limit" in query else 50
-            except NumberError as exc:
-                return _fail(400, ErrorCode.BAD_REQUEST, str(exc))
+        if path in ("/api/jobs", "/api/cluster/jobs"):
+            checked = _filters(node, query)
+            if isinstance(checked[0], int):  # (status, content type, body): a 400
+                return checked
+            state, array, limit = checked
+            if path == "/api/cluster/jobs":
+                peer = query.get("peer") or None
+                if peer is not None and peer != node.peer_id and node.core.member(peer) is None:
+                    return _fail(400, ErrorCode.BAD_REQUEST, f"peer {peer[:64]!r} is not a member")
+                return 200, "application/json", _json(
+                    await cluster_jobs(node, state=state, array=array, peer=peer, limit=limit))
             if len(query.get("q", "")) > QUERY_TEXT_CHARS_MAX:
                 return _fail(400, ErrorCode.BAD_REQUEST, f"q is longer than {QUERY_TEXT_CHARS_MAX} characters")
             return 200, "application/json", _json(recent_jobs(
-                node, state=query.get("state") or None, text=query.get("q") or None, limit=min(limit, limit_max)))
+                node, state=state, array=array, text=query.get("q") or None, limit=limit))
+        # ASGI gives the path percent-decoded already: decoding it again
+        # would let `%250A` become a newline.
         if path.startswith("/api/jobs/"):
-            # ASGI gives the path percent-decoded already: decoding it again
-            # would let `%250A` become a newline.
-            return await self.job(path[len("/api/jobs/"):])
+            return await self.job(path[len("/api/jobs/"):], cluster=False)
+        if path.startswith("/api/cluster/jobs/"):
+            return await self.job(path[len("/api/cluster/jobs/"):], cluster=True)
         return _fail(404, ErrorCode.NOT_FOUND, f"no page {path[:64]}")
 
-    async def job(self, job_id: str) -> tuple[int, str, bytes]:
-        """One job: status fields from the core's record, output from a typed
-        `Result` asked through `Node.ask` (one reply: header and body from
-        one snapshot). The id is checked first and only ever travels as a
-        field of a typed command."""
+    async def job(self, job_id: str, *, cluster: bool) -> tuple[int, str, bytes]:
+        """One job (`job_detail`): of this home (`/api/jobs/<id>`: another
+        home's id gets the core's `not-home`), or of any home
+        (`/api/cluster/jobs/<id>`: asked of the home its id names). The id is
+        checked first and only ever travels as a field of a typed command."""
         if not protocol.is_job_id(job_id):
             shown = job_id[:64] + ("..." if len(job_id) > 64 else "")
             return _fail(400, ErrorCode.BAD_ID, f"{shown!r} is not a job id (like n1-42)")
-        with trio.move_on_after(self.node.config.http_answer_timeout_s):
-            return await self._job(job_id)
-        return _fail(504, ErrorCode.TIMEOUT,
-                     f"the peer did not answer within {self.node.config.http_answer_timeout_s:g} s")
-
-    async def _job(self, job_id: str) -> tuple[int, str, bytes]:
-        node = self.node
-        record = node.core.job(job_id)
-        if record is None:
-            # The core's own answer says why (not-found, or not-home and where).
-            reply = await node.ask(protocol.Status(job_id))
-            record = node.core.job(job_id)  # submitted meanwhile: the reply is OK
-            if record is None:
-                return _error_reply(reply if reply.startswith(b"ERR ") else protocol.err(ErrorCode.NOT_FOUND, "no such job"))
-        out = job_row(record)
-        if record.state.final:
-            reply = await node.ask(protocol.Result(job_id))
-            if not reply.startswith(b"OK "):
-                return _error_reply(reply)
-            head, _, body = reply.partition(b"\n")
-            fields = parse_status(head[3:].decode(errors="replace")).fields
-            n, m = int(fields.get("stdout", 0)), int(fields.get("stderr", 0))
-            out.update(stdout=body[:n].decode(errors="replace"), stderr=body[n:n + m].decode(errors="replace"),
-                       truncated=fields.get("truncated") == "yes")
-        return 200, "application/json", _json(out)
-
-
-def _error_reply(reply: bytes) -> tuple[int, str, bytes]:
-    """An `ERR <code> [key=value ...] <message>` line of the core as an HTTP
-    error; its fields (not-home's `home`) become members of the JSON body."""
-    error = parse_error(reply.decode(errors="replace"))
-    code = error.code
-    status = 404 if code in (ErrorCode.NOT_FOUND, ErrorCode.NOT_HOME) else 503 if code == ErrorCode.BUSY else 502
-    return _fail(status, code, error.message, **error.fields)
-
-
-def _fail(status: int, code: ErrorCode, message: str, **fields: str) -> tuple[int, str, bytes]:
-    """An HTTP error: JSON `{"error": <code>, "message": ..., <fields>}`."""
-    return status, "application/json", _json({"error": code, "message": message, **fields})
+        home = split_job_id(job_id)[0] if cluster else self.node.peer_id
+        timeout = self.node.config.http_answer_timeout_s
+        with trio.move_on_after(timeout):
+            return await job_detail(self.node, job_id, home)
+        return _fail(504, ErrorCode.TIMEOUT, f"the peer did not answer within {timeout:g} s")
 
 
 def _first(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _json(value) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 # ---------------------------------------------------------------------------
