@@ -64,8 +64,8 @@ def test_submit_line_carries_every_option_as_the_peer_reads_it():
     line = submit_line("sh -c 'echo $A; exit 3'", 2.5, retries=3, backoff_s=0.5, priority=-5,
                        env={"A": "1", "EMPTY": ""}, cwd="/tmp", at=1795944342.216, keep_s=60,
                        after=["n1-1", "n2-3"], after_any=["n1-4"])
-    assert line == ("SUBMIT --timeout 2.5 --retries 3 --backoff 0.5 --priority -5 --env A=1 --env EMPTY= "
-                    "--cwd /tmp --at 1795944342.216 --keep 60 --after n1-1,n2-3 --after-any n1-4 "
+    assert line == ("SUBMIT --timeout 2.5 --retries 3 --backoff 0.5 --priority -5 --at 1795944342.216 --keep 60 "
+                    "--env A=1 --env EMPTY= --cwd /tmp --after n1-1,n2-3 --after-any n1-4 "
                     "sh -c 'echo $A; exit 3'")
     got = parse_submit(line.removeprefix("SUBMIT "), 16 * 1024, 3600.0)
     spec = got.spec

@@ -27,6 +27,7 @@ from executor.client import (  # noqa: F401
     PeerError,
     Unreachable,
     cli_jobs,
+    cli_list,
     cli_node,
     cli_peers,
     cli_tail,

@@ -122,6 +122,29 @@ def _ids(value, name: str) -> tuple[str, ...]:
     return ids
 
 
+_SIMPLE_OPTIONS: dict[str, tuple[str, Callable[[object, str], str]]] = {
+    # keyword -> (option, how its value is written), in the order they go on the line
+    "timeout_s": ("--timeout", _number), "retries": ("--retries", _integer), "backoff_s": ("--backoff", _number),
+    "priority": ("--priority", _integer), "slots": ("--slots", _integer), "delay_s": ("--delay", _number),
+    "at": ("--at", _number), "keep_s": ("--keep", _number), "every_s": ("--every", _number),
+}
+
+
+def _env_items(env: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    if env is None:
+        return ()
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of NAME to VALUE, not {type(env).__name__}")
+    items = tuple(env.items())
+    for name, value in items:
+        _text(name, "an env name")
+        _text(value, f"env value of {name}")
+        problem = env_problem(name, value)
+        if problem is not None:
+            raise ValueError(problem)
+    return items
+
+
 def submit_line(command: str, timeout_s: float | None = None, *, retries: int | None = None,
                 backoff_s: float | None = None, priority: int | None = None, env: Mapping[str, str] | None = None,
                 cwd: str | None = None, delay_s: float | None = None, at: float | None = None,
@@ -152,41 +175,20 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
     _text(command, "command")
     if "\n" in command or "\r" in command:
         raise ValueError("a command is one line (no newline); submit several with submit_commands")
+    given = {"timeout_s": timeout_s, "retries": retries, "backoff_s": backoff_s, "priority": priority,
+             "slots": slots, "delay_s": delay_s, "at": at, "keep_s": keep_s, "every_s": every_s}
     words = ["SUBMIT"]
-    if timeout_s is not None:
-        words += ["--timeout", _number(timeout_s, "timeout_s")]
-    if retries is not None:
-        words += ["--retries", _integer(retries, "retries")]
-    if backoff_s is not None:
-        words += ["--backoff", _number(backoff_s, "backoff_s")]
-    if priority is not None:
-        words += ["--priority", _integer(priority, "priority")]
-    if slots is not None:
-        words += ["--slots", _integer(slots, "slots")]
-    env_items: tuple[tuple[str, str], ...] = ()
-    if env is not None:
-        if not isinstance(env, Mapping):
-            raise TypeError(f"env must be a mapping of NAME to VALUE, not {type(env).__name__}")
-        env_items = tuple(env.items())
-        for name, value in env_items:
-            _text(name, "an env name")
-            _text(value, f"env value of {name}")
-            problem = env_problem(name, value)
-            if problem is not None:
-                raise ValueError(problem)
-            words += ["--env", _wire("--env", f"{name}={value}", lambda s: "=".join(s.spec.env[0]),
-                                     f"env value of {name}")]
+    for name, (option, form) in _SIMPLE_OPTIONS.items():
+        if given[name] is not None:
+            words += [option, form(given[name], name)]
+    env_items = _env_items(env)
+    for name, value in env_items:
+        words += ["--env", _wire("--env", f"{name}={value}", lambda s: "=".join(s.spec.env[0]), f"env value of {name}")]
     if cwd is not None:
         problem = text_problem(_text(cwd, "cwd"), "--cwd directory")
         if problem is not None:
             raise ValueError(problem)
         words += ["--cwd", _wire("--cwd", cwd, lambda s: s.spec.cwd, "cwd")]
-    if delay_s is not None:
-        words += ["--delay", _number(delay_s, "delay_s")]
-    if at is not None:
-        words += ["--at", _number(at, "at")]
-    if keep_s is not None:
-        words += ["--keep", _number(keep_s, "keep_s")]
     after_ids = _ids(after, "after") if after is not None else ()
     after_any_ids = _ids(after_any, "after_any") if after_any is not None else ()
     if after_ids:
@@ -197,8 +199,6 @@ def submit_line(command: str, timeout_s: float | None = None, *, retries: int | 
         if not _text(array, "array") or any(ch in array for ch in " '\""):
             raise ValueError(f"array {array[:32]!r} is not A-B or A-B%M (like '1-10' or '0-99%5')")
         words += ["--array", array]
-    if every_s is not None:
-        words += ["--every", _number(every_s, "every_s")]
     if cron is not None:
         words += ["--cron", _wire("--cron", _text(cron, "cron"), lambda s: s.cron, "cron")]
     if command.lstrip().startswith("-"):
