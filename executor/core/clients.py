@@ -101,10 +101,10 @@ class ClientsMixin:
         if len(self.queue) >= self.config.queue_jobs_max:
             self.counters.busy_rejections += 1
             raise ClientError(ErrorCode.BUSY, f"{len(self.queue)} jobs queued here (bound {self.config.queue_jobs_max}); retry later")
-        if len(self.unmet) + len(self.due) >= self.config.queue_jobs_max:
+        if len(self.unmet) + len(self.scheduled) >= self.config.queue_jobs_max:
             self.counters.busy_rejections += 1
-            raise ClientError(ErrorCode.BUSY, f"{len(self.unmet)} jobs waiting and {len(self.due)} scheduled here "
-                                              f"(bound {self.config.queue_jobs_max} each); retry later")
+            raise ClientError(ErrorCode.BUSY, f"{len(self.unmet)} jobs waiting and {len(self.scheduled)} scheduled "
+                                              f"here (bound {self.config.queue_jobs_max} together); retry later")
         if command.array is not None and not command.array[2]:
             first, last, _ = command.array
             if len(self.queue) + last - first + 1 > self.config.queue_jobs_max:

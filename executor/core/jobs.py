@@ -135,6 +135,7 @@ class JobRecord:
     truncated: bool = False
     tries: int = 1  # which try this is (1 .. spec.retries + 1)
     due_at: float | None = None  # wall time a SCHEDULED job becomes QUEUED
+    met: tuple[str, ...] = ()  # dependencies met while others were not (WAITING)
 
     def apply(self, event: JobEvent) -> None:
         self.state = next_state(self.state, event)
@@ -148,7 +149,7 @@ class JobRecord:
             "e": self.exit_code, "r": self.reason, "ts": self.started_at,
             "tf": self.finished_at, "no": self.stdout_bytes, "ne": self.stderr_bytes,
             "tr": self.truncated,
-        } | _options(spec, self.tries, self.due_at)
+        } | _options(spec, self.tries, self.due_at, self.met)
 
     @classmethod
     def from_wire(cls, d: dict) -> JobRecord:
@@ -158,7 +159,7 @@ class JobRecord:
         return cls(
             d["id"], spec_from_wire(intern(d["k"]), d["c"], d["ms"], d["to"], d.get("o")), d["t"], _STATE_OF[d["s"]],
             d["a"], d["f"], d["mv"], intern(d["x"]), d["e"], d["r"], d["ts"], d["tf"], d["no"], d["ne"], d["tr"],
-            d.get("try", 1), d.get("due"),
+            d.get("try", 1), d.get("due"), tuple(d.get("met", ())),
         )
 
 
@@ -181,7 +182,7 @@ class HeldJob:
             "id": self.job_id, "h": self.home, "k": spec.kind, "c": spec.command,
             "ms": spec.sleep_ms, "to": spec.timeout_s, "a": self.attempt,
             "mv": self.moves, "t": self.submitted_at, "run": self.running,
-        } | _options(spec, 1, None)
+        } | _options(spec, 1, None, ())
 
     @classmethod
     def from_wire(cls, d: dict) -> HeldJob:
@@ -189,7 +190,7 @@ class HeldJob:
                    d["a"], d["mv"], d["t"], d["run"])
 
 
-def _options(spec: JobSpec, tries: int, due_at: float | None) -> dict:
+def _options(spec: JobSpec, tries: int, due_at: float | None, met: tuple[str, ...]) -> dict:
     """The keys a plain job does without: its stored bytes stay as they were."""
     out = {}
     options = spec.options_wire()
@@ -199,4 +200,6 @@ def _options(spec: JobSpec, tries: int, due_at: float | None) -> dict:
         out["try"] = tries
     if due_at is not None:
         out["due"] = due_at
+    if met:
+        out["met"] = list(met)
     return out

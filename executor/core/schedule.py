@@ -35,7 +35,8 @@ _FINAL_NAMES = frozenset({JobState.DONE.value, JobState.FAILED.value, JobState.C
 
 class ScheduleMixin:
     def _init_schedule(self) -> None:
-        self.due: list[tuple[float, int, str]] = []  # (due wall time, seq, job) of SCHEDULED records; lazy deletes
+        self.due: list[tuple[float, int, str]] = []  # (due wall time, seq, job); stale entries skipped when popped
+        self.scheduled: dict[str, float] = {}  # SCHEDULED job -> its due time: what `due` holds that is current
         self.expiries: list[tuple[float, int, str]] = []  # (forget at, seq, job) of final records
         self.unmet: dict[str, dict[str, None]] = {}  # WAITING job -> dependencies not yet final (ordered)
         self.dependents: dict[str, list[str]] = {}  # dependency -> WAITING jobs here that wait for it
@@ -66,14 +67,14 @@ class ScheduleMixin:
         elif record.due_at is not None and record.due_at > self._wall:
             record.state = JobState.SCHEDULED
             self._put_record(record)
-            heapq.heappush(self.due, (record.due_at, split_job_id(record.job_id)[1], record.job_id))
+            self._schedule(record)
         else:
             self._enqueue(record)
 
     def _wait_for(self, record: JobRecord) -> None:
         """Index a WAITING record's dependencies; those of ours already final
         are settled at once (in this batch)."""
-        unmet = self.unmet[record.job_id] = dict.fromkeys(record.spec.dependencies)
+        unmet = self.unmet[record.job_id] = dict.fromkeys(d for d in record.spec.dependencies if d not in record.met)
         for dep in unmet:
             self.dependents.setdefault(dep, []).append(record.job_id)
         for dep in list(unmet):
@@ -97,11 +98,14 @@ class ScheduleMixin:
                 self._cancel_record(record, "dependency-not-found")
             elif dep in record.spec.after and state != JobState.DONE.value:
                 self._cancel_record(record, "dependency-failed")
-            elif not unmet:
+            elif unmet:
+                record.met += (dep,)  # durable: its home may forget it before the others are met
+                self._put_record(record)
+            else:
                 del self.unmet[job_id]
                 if record.due_at is not None and record.due_at > self._wall:
                     record.apply(JobEvent.DEFER)
-                    heapq.heappush(self.due, (record.due_at, split_job_id(job_id)[1], job_id))
+                    self._schedule(record)
                     self._put_record(record)
                 else:
                     record.apply(JobEvent.RELEASE)
@@ -147,11 +151,17 @@ class ScheduleMixin:
 
     def _release_due(self) -> None:
         while self.due and self.due[0][0] <= self._wall:
-            _, _, job_id = heapq.heappop(self.due)
-            record = self.records.get(job_id)
-            if record is not None and record.state is JobState.SCHEDULED:
+            due, _, job_id = heapq.heappop(self.due)
+            if self.scheduled.get(job_id) == due:
+                del self.scheduled[job_id]
+                record = self.records[job_id]
                 record.apply(JobEvent.DUE)
                 self._enqueue(record)
+
+    def _schedule(self, record: JobRecord) -> None:
+        """Index a SCHEDULED record by its due time."""
+        self.scheduled[record.job_id] = record.due_at
+        heapq.heappush(self.due, (record.due_at, split_job_id(record.job_id)[1], record.job_id))
 
     def _enqueue(self, record: JobRecord) -> None:
         """A home record becomes QUEUED here, as a new attempt held at home
@@ -159,7 +169,9 @@ class ScheduleMixin:
         record.due_at = None
         record.executor = self.peer_id
         self._put_record(record)
-        self._hold(self._held_from_record(record, record.attempt), self._now, persist=True)
+        # An older attempt may still run here, being killed (a retry of a run
+        # this peer took back): the new one waits for it to end.
+        self._hold_newer(self._held_from_record(record, record.attempt), self._now)
 
     def _retry(self, record: JobRecord, result: JobResult, reason: str) -> None:
         """A try failed and tries are left: the next one is a new attempt
@@ -183,7 +195,7 @@ class ScheduleMixin:
             record.apply(JobEvent.DUE)
             self._enqueue(record)
         else:
-            heapq.heappush(self.due, (record.due_at, split_job_id(record.job_id)[1], record.job_id))
+            self._schedule(record)
             self._put_record(record)
 
     # -- the end of a job ----------------------------------------------------
@@ -205,6 +217,7 @@ class ScheduleMixin:
 
     def _became_final(self, record: JobRecord) -> None:
         """Index a final record for retention and settle what waits for it."""
+        self.scheduled.pop(record.job_id, None)  # (cancelled while scheduled)
         for dep in self.unmet.pop(record.job_id, ()):  # (cancelled while it waited)
             waiting = self.dependents.get(dep)
             if waiting is not None and record.job_id in waiting:
@@ -252,7 +265,8 @@ class ScheduleMixin:
         for record in list(self.records.values()):
             seq = split_job_id(record.job_id)[1]
             if record.state is JobState.SCHEDULED:
-                heapq.heappush(self.due, (record.due_at or 0.0, seq, record.job_id))
+                record.due_at = record.due_at or 0.0
+                self._schedule(record)
             elif record.state is JobState.WAITING:
                 self._wait_for(record)
             elif record.state.final:
@@ -266,6 +280,9 @@ class ScheduleMixin:
                 for dep in self.unmet[job_id]:
                     assert job_id in self.dependents.get(dep, ()), f"{job_id} waits for {dep} unindexed"
             if record.state in (JobState.WAITING, JobState.SCHEDULED):
-                assert self._held_attempt(job_id) is None, f"{job_id} is {record.state.value} but held here"
+                held = job_id in self.queue or job_id in self.superseded
+                assert not held and (job_id not in self.running or job_id in self.cancelled_running), \
+                    f"{job_id} is {record.state.value} but held here"
+            assert (record.state is JobState.SCHEDULED) == (job_id in self.scheduled), f"{job_id}: scheduled index"
         assert set(self.unmet) <= {j for j, r in self.records.items() if r.state is JobState.WAITING}, \
             "unmet dependencies for a job that is not waiting"
