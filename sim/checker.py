@@ -14,7 +14,16 @@ then classifies every operation the way Jepsen's queue checker does:
 * **unexpected** — a job exists that no client ever sent. A submission whose
   connection broke before its reply is *unknown*: its job may or may not exist
   (Jepsen's "recovered" when it does), so only jobs beyond those are unexpected.
-* **reexecuted** — an acknowledged job whose final attempt number is > 1.
+* **reexecuted** — an acknowledged job whose final attempt number is > 1
+  (beyond its tries, with `--retries`: a retry is a new attempt, not a duplicate).
+
+With the job model (`JobOptions` per tag, `--job-model`), "done" becomes the
+state each job must end in — failed for a job whose every try fails,
+cancelled `dependency-failed` for one whose afterok dependency did not end
+done — and **model** violations are counted too: a dependent that started
+before a dependency ended, a delayed job that started before its due time
+(both from the start and end times the jobs print, on the one machine's
+clock), a priority or a try count that did not survive.
 
 Also here, as pure functions: membership timings of each kill (detection and
 rejoin, from PEERS transitions), the load imbalance over time, and percentiles.
@@ -53,6 +62,23 @@ class Observed:
     executor: str = ""
     output: bytes | None = None
     runtime_ms: int | None = None  # of the final attempt, when the home reports it
+    reason: str | None = None
+    tries: str | None = None  # "k/N" (STATUS's try=), for a job with retries
+    priority: int = 0
+    submitted: float | None = None  # the home's wall clock when it accepted the job
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the job-model workload asked of one submission (by tag).
+    `after`/`after_any` are job ids; `fails`: every try exits non-zero."""
+
+    priority: int = 0
+    retries: int = 0
+    fails: bool = False
+    delay_s: float | None = None
+    after: tuple[str, ...] = ()
+    after_any: tuple[str, ...] = ()
 
 
 def home_of(job_id: str) -> str:
@@ -66,6 +92,29 @@ def output_tag(output: bytes | None) -> int | None:
         return None
     last = output.rstrip(b"\n").rsplit(b"\n", 1)[-1].strip()
     return int(last) if last.isdigit() else None
+
+
+def output_times(output: bytes | None) -> tuple[float | None, float | None]:
+    """The `s=<start>` and `e=<end>` wall times a job-model job printed."""
+    start = end = None
+    for line in (output or b"").splitlines():
+        if line.startswith(b"s="):
+            start = _float(line[2:])
+        elif line.startswith(b"e="):
+            end = _float(line[2:])
+    return start, end
+
+
+def _float(text: bytes) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+TIME_SLACK_S = 0.02
+"""Tolerance of the order checks: `submitted` is shown to the millisecond,
+and `date` and the peer read the clock at different moments."""
 
 
 @dataclass
@@ -82,10 +131,12 @@ class Verdict:
     reexecuted: list[str] = field(default_factory=list)
     extra_attempts: int = 0
     lost_states: dict[str, int] = field(default_factory=dict)
+    model: list[str] = field(default_factory=list)  # job-model violations, each a sentence
+    model_counts: dict[str, int] = field(default_factory=dict)  # what the job model checked
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.mismatched or self.unexpected_count)
+        return not (self.lost or self.duplicated or self.mismatched or self.unexpected_count or self.model)
 
     def summary(self) -> dict:
         return {
@@ -100,7 +151,10 @@ class Verdict:
             "reexecuted": len(self.reexecuted),
             "extra_attempts": self.extra_attempts,
             "lost_states": dict(self.lost_states),
+            "model": len(self.model),
+            "model_counts": dict(self.model_counts),
             "examples": {
+                "model": self.model[:EXAMPLES_MAX],
                 "lost": self.lost[:EXAMPLES_MAX],
                 "duplicated": self.duplicated[:EXAMPLES_MAX],
                 "mismatched": self.mismatched[:EXAMPLES_MAX],
@@ -117,19 +171,23 @@ def check(
     *,
     tagged: bool,
     done_states: frozenset[str] = frozenset({"done"}),
+    options: dict[int, JobOptions] | None = None,
+    timing: bool = True,
 ) -> Verdict:
     """Classify every submission and every job found.
 
     `observed` holds every job the peers have (each peer enumerated at home);
     `listed` maps a peer to the ids its LIST returned. `tagged`: the jobs
-    print their tag, so outputs can be matched to submissions.
+    print their tag, so outputs can be matched to submissions. `options`:
+    the job model's options by tag (tagged runs only); `timing`: whether the
+    times jobs print can be compared (not when each peer's clock is stepped).
     """
     v = Verdict()
     listed = listed or {}
     acked_by_id, tag_sent, unknown_at = _tally(v, submissions)
     dup: set[str] = set()
     lost_states: Counter[str] = Counter()
-    _judge_acked(v, acked_by_id, observed, tagged, done_states, dup, lost_states)
+    _judge_acked(v, acked_by_id, observed, tagged, done_states, dup, lost_states, options or {}, timing)
 
     # Listed more than once, at one peer or across peers.
     seen: Counter[str] = Counter()
@@ -174,21 +232,85 @@ def _tally(v: Verdict, submissions: list[Submission]) -> tuple[dict, dict, Count
 
 
 def _judge_acked(v: Verdict, acked_by_id: dict[str, list[Submission]], observed: dict[str, Observed], tagged: bool,
-                 done_states: frozenset[str], dup: set[str], lost_states: Counter) -> None:
-    """Acknowledged: each must be done at its home, once, with its own output."""
+                 done_states: frozenset[str], dup: set[str], lost_states: Counter,
+                 options: dict[int, JobOptions], timing: bool) -> None:
+    """Acknowledged: each must be done at its home (or, with the job model,
+    in the state its options call for), once, with its own output."""
+    counts: Counter[str] = Counter()
     for job_id, subs in sorted(acked_by_id.items()):
         if len(subs) > 1:
             dup.add(job_id)  # one id promised to two submissions
         obs = observed.get(job_id)
-        if obs is None or obs.state not in done_states:
-            v.lost.append(job_id)
+        opts = options.get(subs[0].tag)
+        expected = done_states if opts is None else _expected_states(opts, observed)
+        if obs is None or obs.state not in expected:
+            v.lost.append(job_id if obs is None or opts is None else f"{job_id} {obs.state} (expected "
+                          f"{'/'.join(sorted(expected))})")
             lost_states["missing" if obs is None else obs.state] += 1
             continue
-        if obs.attempt > 1:
+        tries = _tries(obs.tries)
+        if obs.attempt > tries:
             v.reexecuted.append(job_id)
-            v.extra_attempts += obs.attempt - 1
-        if tagged and output_tag(obs.output) != subs[0].tag:
+            v.extra_attempts += obs.attempt - tries
+        if tagged and obs.state != "cancelled" and output_tag(obs.output) != subs[0].tag:
             v.mismatched.append(job_id)
+        if opts is not None:
+            counts[obs.state] += 1
+            counts["retried"] += tries > 1
+            v.model += _judge_options(job_id, obs, opts, observed, timing, counts)
+    if options:
+        v.model_counts = dict(sorted(counts.items()))
+
+
+def _tries(text: str | None) -> int:
+    k = (text or "1/1").partition("/")[0]
+    return int(k) if k.isdigit() else 1
+
+
+def _expected_states(opts: JobOptions, observed: dict[str, Observed]) -> frozenset[str]:
+    deps = [observed.get(d) for d in opts.after]
+    if any(d is not None and d.state in ("failed", "cancelled") for d in deps):
+        return frozenset({"cancelled"})
+    return frozenset({"failed" if opts.fails else "done"})
+
+
+def _judge_options(job_id: str, obs: Observed, opts: JobOptions, observed: dict[str, Observed], timing: bool,
+                   counts: Counter) -> list[str]:
+    """A final job against its options: the reason of a cancellation, the
+    fields that must have survived, and (from the printed times) the order
+    of its start after its dependencies' ends and its due time."""
+    out = []
+    if obs.state == "cancelled":
+        if obs.reason != "dependency-failed":
+            out.append(f"{job_id} cancelled reason={obs.reason}, expected dependency-failed")
+        return out
+    if obs.priority != opts.priority:
+        out.append(f"{job_id} shows priority {obs.priority}, submitted with {opts.priority}")
+    if opts.retries and (obs.tries is None or not obs.tries.endswith(f"/{opts.retries + 1}")):
+        out.append(f"{job_id} shows try={obs.tries}, submitted with --retries {opts.retries}")
+    if not timing:
+        return out
+    start, _ = output_times(obs.output)
+    if start is None:
+        out.append(f"{job_id} {obs.state} printed no start time")
+        return out
+    if opts.delay_s is not None and obs.submitted is not None:
+        counts["delay_checked"] += 1
+        if start + TIME_SLACK_S < obs.submitted + opts.delay_s:
+            out.append(f"{job_id} started at {start:.3f}, before its due time {obs.submitted + opts.delay_s:.3f} "
+                       f"(submitted {obs.submitted:.3f} + --delay {opts.delay_s:g})")
+    for dep in opts.after + opts.after_any:
+        d = observed.get(dep)
+        end = output_times(d.output)[1] if d is not None else None
+        if d is None or d.state not in ("done", "failed", "cancelled"):
+            out.append(f"{job_id} ran although its dependency {dep} is {d.state if d else 'missing'}")
+        elif dep in opts.after and d.state != "done":
+            out.append(f"{job_id} ran although its afterok dependency {dep} ended {d.state}")
+        elif end is not None:
+            counts["dependency_order_checked"] += 1
+            if start + TIME_SLACK_S < end:
+                out.append(f"{job_id} started at {start:.3f}, before its dependency {dep} ended ({end:.3f})")
+    return out
 
 
 def _judge_extras_by_tag(v: Verdict, extras: list[str], acked_by_id: dict[str, list[Submission]],

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1000, help="submissions (default 1000)")
     p.add_argument("--job", default="10", help="an integer: an in-peer sleep of that many ms; otherwise a shell "
                                                 "command, run as '<command>; echo <n>' (default 10)")
+    p.add_argument("--job-model", action="store_true",
+                   help="tagged shell jobs with SUBMIT's options: priorities, retries (the first try fails), "
+                        "delays, dependencies; the checker knows each (sim/chaos/jobmodel.py)")
     p.add_argument("--submit-to", choices=("one", "all"), default="all", help="clients talk to p1 only, or spread")
     p.add_argument("--clients", type=int, default=16, help="concurrent client connections (default 16)")
     p.add_argument("--in-flight", type=int, default=32, help="pipelined submissions per client (default 32)")

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-membership", choices=["auto", "full", "period"], default="auto",
                    help="Membership's and PeerCore's validate_state() after every step (full) or once per "
                         "peer per probe period (period); auto: full up to 50 peers")
+    p.add_argument("--job-model", action="store_true",
+                   help="draw SUBMIT's options too: priorities, retries (some tries fail), --delay/--at, "
+                        "dependencies on earlier jobs (sim/simulation/jobmodel.py)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trace", action="store_true", help="print every event delivered to a core")
     return p
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration, liveness_s=args.liveness_s, wire=args.wire, long_jobs=args.long_jobs, slow_syncs=args.slow_syncs,
         pause_every_s=args.pause_every, slow_disk_every_s=args.slow_disk_every,
         clock_step_every_s=args.clock_step_every,
-        trace=args.trace, check_membership=args.check_membership,
+        trace=args.trace, check_membership=args.check_membership, job_model=args.job_model,
     )
     report = simulate(opts)
     if args.json:

@@ -104,6 +104,67 @@ def test_kill_timings_and_imbalance():
 
 
 # ---------------------------------------------------------------------------
+# The checker and the job model (issue 15)
+
+
+def _ran(job_id: str, tag: int, start: float, end: float, state: str = "done", **kw) -> Observed:
+    out = f"s={start:.3f}\ne={end:.3f}\n{tag}\n".encode()
+    return Observed(job_id, state, kw.pop("attempt", 1), "p1", out, **kw)
+
+
+def _model_check(observed: dict, options: dict) -> checker.Verdict:
+    subs = [Submission(tag, "p1", ACKED, f"p1-{tag + 1}") for tag in options]
+    return checker.check(subs, observed, None, tagged=True, options=options)
+
+
+def test_job_model_a_clean_history():
+    """A retry (attempt 2, try 2/3) is not a re-execution; a job whose every
+    try fails ends failed, its afterok dependent cancelled dependency-failed,
+    its afterany dependent runs after it; a delayed job starts past its due time."""
+    JO = checker.JobOptions
+    options = {0: JO(retries=2), 1: JO(fails=True), 2: JO(after=("p1-2",)), 3: JO(after_any=("p1-2",), priority=3),
+               4: JO(delay_s=1.0), 5: JO(after=("p1-1",))}
+    observed = {
+        "p1-1": _ran("p1-1", 0, 10.0, 10.1, attempt=2, tries="2/3"),
+        "p1-2": _ran("p1-2", 1, 10.0, 10.2, "failed"),
+        "p1-3": Observed("p1-3", "cancelled", reason="dependency-failed"),
+        "p1-4": _ran("p1-4", 3, 10.3, 10.4, priority=3),
+        "p1-5": _ran("p1-5", 4, 11.5, 11.6, submitted=10.4),
+        "p1-6": _ran("p1-6", 5, 10.2, 10.3),
+    }
+    v = _model_check(observed, options)
+    assert v.ok, (v.lost, v.model)
+    s = v.summary()
+    assert s["reexecuted"] == 0 and s["lost"] == 0 and s["model"] == 0
+    assert s["model_counts"] == {"cancelled": 1, "delay_checked": 1, "dependency_order_checked": 2, "done": 4,
+                                 "failed": 1, "retried": 1}
+
+
+def test_job_model_violations_are_caught():
+    JO = checker.JobOptions
+    options = {0: JO(retries=1), 1: JO(after=("p1-1",)), 2: JO(delay_s=2.0), 3: JO(fails=True),
+               4: JO(after=("p1-4",)), 5: JO(priority=5), 6: JO(after=("p1-4",))}
+    observed = {
+        "p1-1": _ran("p1-1", 0, 10.0, 10.5, tries="1/3"),  # the retries did not survive
+        "p1-2": _ran("p1-2", 1, 10.3, 10.4),  # started before its dependency ended
+        "p1-3": _ran("p1-3", 2, 11.0, 11.1, submitted=10.0),  # started 1 s before its due time
+        "p1-4": _ran("p1-4", 3, 10.0, 10.1, "failed"),
+        "p1-5": _ran("p1-5", 4, 10.2, 10.3),  # ran, though its afterok dependency failed
+        "p1-6": _ran("p1-6", 5, 10.0, 10.1),  # its priority did not survive
+        "p1-7": Observed("p1-7", "cancelled", reason="cancelled"),  # the wrong reason
+    }
+    v = _model_check(observed, options)
+    assert not v.ok
+    assert v.lost == ["p1-5 done (expected cancelled)"], v.lost
+    joined = " | ".join(v.model)
+    for part in ("p1-1 shows try=1/3", "p1-2 started at 10.300, before its dependency p1-1 ended",
+                 "p1-3 started at 11.000, before its due time 12.000", "p1-6 shows priority 0",
+                 "p1-7 cancelled reason=cancelled"):
+        assert part in joined, joined
+    assert len(v.model) == 5, v.model
+
+
+# ---------------------------------------------------------------------------
 # A short real run
 
 
@@ -138,6 +199,28 @@ def test_short_chaos_run_loses_nothing(tmp_path, capsys):
     assert status == 0
     assert processes_under(workdir) == []
     assert set(_children()) <= before
+
+
+def test_job_model_under_kill_restart(tmp_path, capsys):
+    """Priorities, retries (the first try fails), failing jobs, delays and
+    dependencies across homes, under kill -9: every job ends as its options
+    say (done, failed, or cancelled dependency-failed), dependents after their
+    dependencies, delayed jobs after their due time; 0 lost / 0 duplicated."""
+    from sim.cluster import main
+
+    workdir = str(tmp_path / "run")
+    status = main(["--peers", "3", "--jobs", "150", "--job-model", "--chaos", "kill-restart", "--kill-every", "1",
+                   "--min-kills", "2", "--seed", "3", "--clients", "4", "--in-flight", "4", "--timeout", "60",
+                   "--workdir", workdir, "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["lost"] == report["duplicated"] == report["unexpected"] == report["mismatched"] == 0, report
+    assert report["model"] == 0, report["examples"]["model"]
+    assert status == 0 and report["kills"] >= 2 and not report["timed_out"], report
+    drawn, checked = report["job_model"]["drawn"], report["job_model"]["checked"]
+    assert min(drawn.values()) > 0, drawn
+    assert checked["retried"] > 0 and checked["failed"] > 0 and checked["delay_checked"] > 0, checked
+    assert checked["dependency_order_checked"] > 0, checked
+    assert processes_under(workdir) == []
 
 
 def test_shell_jobs_and_one_entry_peer(tmp_path, capsys):

@@ -8,6 +8,7 @@ the seed and the command that replays it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -152,3 +153,107 @@ def test_cli_prints_json_and_replay_line_on_failure(monkeypatch, capsys):
     assert sim.main(["--peers", "6", "--jobs", "300", "--seed", "1"]) == 1
     err = capsys.readouterr().err
     assert "seed=1" in err and "replay: python -m sim simulate --peers 6 --jobs 300 --seed 1" in err
+
+
+# ---------------------------------------------------------------------------
+# The job model (--job-model): priorities, retries, delays, dependencies.
+
+
+def _model_check(report: sim.Report) -> None:
+    _check(report)
+    m = report.job_model
+    assert m is not None
+    # Every option was drawn and exercised, not only generated.
+    assert m["priority"] and m["wide"] and m["retries"] and m["delay"] and m["at"] and m["dependents"], m
+    assert m["retried_tries"] > 0 and m["failed"] > 0 and m["dependency_cancelled"] > 0, m
+    assert m["delayed_starts_checked"] > 0 and m["dependent_starts_checked"] > 0, m
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_job_model_seeds_pass(seed):
+    """Dependencies on the same and on other homes, under every fault."""
+    report = sim.simulate(_opts(seed, peers=5 + seed % 4, job_model=True))
+    _model_check(report)
+    assert report.job_model["other_home_dependencies"] > 0, report.job_model
+    assert "--job-model" in report.command
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_job_model_one_home(seed):
+    """Every job on one home: its queue ordered by priority, its
+    dependencies settled in the batch that finishes them."""
+    _model_check(sim.simulate(_opts(seed, submit_to="one", crash_every_s=0.5, job_model=True)))
+
+
+def test_job_model_is_off_by_default_and_named_in_the_replay():
+    """Off by default (no draw, no check: a seed's trace is the one it had
+    before the job model); on, the replay line says so."""
+    plain = sim.simulate(_opts(4, jobs=100))
+    assert plain.job_model is None and "--job-model" not in plain.command
+    model = sim.simulate(_opts(4, jobs=100, job_model=True))
+    assert model.ok and "--job-model" in model.command and plain.trace_hash != model.trace_hash
+
+
+def _planted(monkeypatch, target, name, fake, seeds=(1, 2, 3), **kw):
+    monkeypatch.setattr(target, name, fake)
+    return [sim.simulate(_opts(seed, submit_to="one", crash_every_s=0.5, job_model=True, **kw)) for seed in seeds]
+
+
+def test_checker_catches_a_queue_that_ignores_priorities(monkeypatch):
+    from executor.core.jobqueue import JobQueue
+
+    def lowest_first(self, fits):
+        for priority in reversed(self._order):
+            for job_id, job in self._by_priority[priority].items():
+                if job.spec.slots <= fits:
+                    return job_id, job
+        return "", None
+
+    reports = _planted(monkeypatch, JobQueue, "head", lowest_first)
+    assert any(not r.ok and "stays queued" in r.failure for r in reports), [r.failure for r in reports]
+
+
+def test_checker_catches_a_dependent_released_at_once(monkeypatch):
+    from executor.core.schedule import ScheduleMixin
+
+    def wait_for_nothing(self, record):
+        from executor.core.jobs import JobEvent
+
+        record.apply(JobEvent.RELEASE)
+        self._enqueue(record)
+
+    reports = _planted(monkeypatch, ScheduleMixin, "_wait_for", wait_for_nothing)
+    assert any(not r.ok and "dependency" in r.failure for r in reports), [r.failure for r in reports]
+
+
+def test_checker_catches_a_delay_not_waited_for(monkeypatch):
+    from executor.core.schedule import ScheduleMixin
+
+    original = ScheduleMixin._admit
+
+    def admit_now(self, record, command):
+        original(self, record, dataclasses.replace(command, delay_s=None, at=None))
+
+    reports = _planted(monkeypatch, ScheduleMixin, "_admit", admit_now)
+    assert any(not r.ok and "due at" in r.failure for r in reports), [r.failure for r in reports]
+
+
+def test_checker_catches_a_failure_not_retried(monkeypatch):
+    from executor.core.schedule import ScheduleMixin
+
+    def fail_at_once(self, record, result, reason):
+        from executor.core.jobs import JobEvent
+
+        record.tries = record.spec.tries  # (so that the record itself looks consistent)
+        record.apply(JobEvent.FAIL)
+        record.attempt, record.executor = result.attempt, result.executor
+        record.exit_code, record.reason = result.exit_code, reason
+        record.finished_at = self._wall
+        self._put_record(record)
+        self.remote_open.pop(record.job_id, None)
+        self._drop_held(record.job_id)
+        self._retire(record.job_id)
+        self._wake(record)
+
+    reports = _planted(monkeypatch, ScheduleMixin, "_retry", fail_at_once)
+    assert any(not r.ok and "succeed" in r.failure for r in reports), [r.failure for r in reports]

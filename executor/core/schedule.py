@@ -263,7 +263,6 @@ class ScheduleMixin:
     def _restore_schedule(self) -> None:
         """After `_restore`: rebuild the indexes from the records."""
         for record in list(self.records.values()):
-            seq = split_job_id(record.job_id)[1]
             if record.state is JobState.SCHEDULED:
                 record.due_at = record.due_at or 0.0
                 self._schedule(record)

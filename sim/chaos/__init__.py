@@ -2,6 +2,7 @@
 
     procs.py     peer processes (spawn, kill -9, SIGSTOP, stop) and a cluster of them; talking to a peer
     workload.py  what happened (Record), the submissions to hand out (Workload), the clients, the PEERS watchers
+    jobmodel.py  --job-model: each tag's SUBMIT options (priorities, retries, failures, delays, dependencies)
     drivers.py   the nemeses as they run: kill -9 / power cut, disk full, pause, wall-clock steps and WAIT probes
     collect.py   after the chaos: waiting for every acknowledged job, settling, collecting every outcome
     run.py       one run: the cluster, the watchers, the nemeses and the clients in their nurseries, then the check

@@ -153,8 +153,12 @@ async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[
                 rfields = dict(x.split("=", 1) for x in rparts[2:] if "=" in x)
                 state, attempt, output = rparts[1], int(rfields.get("attempt", attempt)), result[2]
             runtime = fields.get("runtime_ms")
-            observed[job_id] = checker.Observed(job_id, state, attempt, fields.get("executor", ""), output,
-                                                int(runtime) if runtime and runtime.isdigit() else None)
+            priority, submitted = fields.get("priority", "0"), fields.get("submitted")
+            observed[job_id] = checker.Observed(
+                job_id, state, attempt, fields.get("executor", ""), output,
+                int(runtime) if runtime and runtime.isdigit() else None, fields.get("reason"), fields.get("try"),
+                int(priority) if priority.lstrip("-").isdigit() else 0,
+                float(submitted) if submitted and submitted.replace(".", "", 1).isdigit() else None)
     return observed, listed
 
 

@@ -135,7 +135,10 @@ def _report(args, rec: Record, wl: Workload, verdict: checker.Verdict, observed:
         "rejoin_median_s": r(checker.median(rejoin)),
         "rejoin_max_s": r(max(rejoin) if rejoin else None),
         "lost_states": summary["lost_states"],
+        "model": summary["model"],
         "examples": summary["examples"],
+        **({"job_model": {"drawn": wl.model.summary(), "checked": summary["model_counts"]}}
+           if wl.model is not None else {}),
         "kill_log": timings,
         "errors": rec.errors[:20],
     }
@@ -238,7 +241,8 @@ def verdict_lines(rep: dict) -> list[str]:
     """The checker's verdict and the submissions, as every harness reports them."""
     return [
         f"verdict      {'OK' if rep['ok'] else 'FAILED'}: lost={rep['lost']} duplicated={rep['duplicated']} "
-        f"unexpected={rep['unexpected']} mismatched={rep['mismatched']}" + (" (TIMED OUT)" if rep["timed_out"] else ""),
+        f"unexpected={rep['unexpected']} mismatched={rep['mismatched']}"
+        + (f" model={rep['model']}" if "job_model" in rep else "") + (" (TIMED OUT)" if rep["timed_out"] else ""),
         f"submissions  acked={rep['acked']} unknown={rep['unknown']} (recovered {rep['recovered']}) "
         f"rejected={rep['rejected']} busy-retries={rep['busy_retries']}",
     ]
@@ -247,6 +251,11 @@ def verdict_lines(rep: dict) -> list[str]:
 def findings_lines(rep: dict) -> list[str]:
     """Examples of whatever broke, and the harness's own errors."""
     lines = []
+    if "job_model" in rep:
+        jm = rep["job_model"]
+        lines.append(f"job model    drawn {jm['drawn']}; final {jm['checked']}; violations {rep['model']}")
+    if rep.get("model"):
+        lines.append(f"model        e.g. {rep['examples']['model']}")
     if rep["lost"]:
         lines.append(f"lost         states {rep['lost_states']}; e.g. {rep['examples']['lost']}")
     for key in ("duplicated", "unexpected", "mismatched"):

@@ -6,6 +6,7 @@ then stop everything and check the history (sim/checker.py).
 from __future__ import annotations
 
 import functools
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sim.chaos.drivers import (
     _shims_loaded,
     _step_chaos,
 )
+from sim.chaos.jobmodel import ChaosJobModel
 from sim.chaos.procs import ProcessCluster, _say
 from sim.chaos.report import _nemesis_report, _report
 from sim.chaos.workload import Record, Workload, _client, _poll_peers
@@ -57,7 +59,8 @@ async def _run(args, workdir: str, rng: random.Random, nem_rng: random.Random, e
     if args.duration > 0:
         def until() -> bool:
             return rec.first_submit is not None and rec.now() < rec.first_submit + args.duration
-    wl = Workload(args.jobs, args.job, until=until)
+    model = ChaosJobModel(args.seed, os.path.join(workdir, "markers")) if getattr(args, "job_model", False) else None
+    wl = Workload(args.jobs, args.job, until=until, model=model)
     pace = _pacer(wl, args.rate, 20.0 if args.duration > 0 else 0.0)
     t_start = t_end = 0.0
     shims: dict[str, bool] = {}
@@ -102,7 +105,10 @@ def _outcome(args, rec: Record, wl: Workload, observed: dict, listed: dict, t_st
     """The checker's verdict on the history, and the report; a peer that
     exited by itself, a peer not asked, a shim not loaded or a missed target
     fails the run like a lost job."""
-    verdict = checker.check(rec.submissions, observed, listed, tagged=wl.tagged)
+    # (Under clock-step each peer, and the jobs it runs, sees its own stepped wall clock.)
+    verdict = checker.check(rec.submissions, observed, listed, tagged=wl.tagged,
+                            options=wl.model.options if wl.model is not None else None,
+                            timing=args.chaos != "clock-step")
     report = _report(args, rec, wl, verdict, observed, t_start, t_done, t_end, timed_out, settled)
     report.update(_nemesis_report(args, rec, slow, wl.disk_full))
     report["peers_exited"], report["peers_unasked"] = sorted(set(rec.exited)), rec.unasked

@@ -65,11 +65,14 @@ class Record:
 class Workload:
     """Hands out submission tags to the clients; remembers each outcome."""
 
-    def __init__(self, jobs: int, job: str, *, until=None) -> None:
+    def __init__(self, jobs: int, job: str, *, until=None, model=None) -> None:
         """`until`: None, or a callable that is true while the clients should
-        go on submitting past `jobs` (`--duration`)."""
+        go on submitting past `jobs` (`--duration`). `model`: a
+        sim/chaos/jobmodel.py `ChaosJobModel` that makes every line (tagged
+        shell jobs with SUBMIT's options), or None."""
         self.jobs = jobs
-        self.sleep_ms = int(job) if job.strip().isdigit() else None
+        self.model = model
+        self.sleep_ms = int(job) if job.strip().isdigit() and model is None else None
         self.command = job
         self.next_tag = 0
         self.retry: deque[int] = deque()
@@ -89,6 +92,8 @@ class Workload:
         return self.sleep_ms is None
 
     def line(self, tag: int) -> str:
+        if self.model is not None:
+            return self.model.line(tag)
         return f"{self.sleep_ms}" if self.sleep_ms is not None else f"SUBMIT {self.command}; echo {tag}"
 
     def take(self) -> int | None:
@@ -200,6 +205,8 @@ def _take_reply(reply, tag: int, t_sent: float, peer: PeerProc, wl: Workload, re
     now = rec.now()
     if reply.ok:
         rec.submissions.append(checker.Submission(tag, peer.name, checker.ACKED, reply.text.strip()))
+        if wl.model is not None:
+            wl.model.acked(reply.text.strip())
         rec.latencies.append(now - t_sent)
         rec.last_ack = now
     elif reply.code == "busy":

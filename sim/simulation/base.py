@@ -16,7 +16,7 @@ from storage.store import MemoryStore
 # Heap entry kinds. An entry is (time, serial, kind, a, b, c); the serial
 # breaks ties in insertion order, which keeps links FIFO and runs deterministic.
 (_EVENT, _TICK, _SYNC, _MSG, _JOB, _SUBMIT, _CRASH, _RESTART, _PARTITION, _HEAL, _BREAK, _SAMPLE, _PHASE, _PAUSE,
- _SLOW_DISK, _CLOCK_STEP) = range(16)
+ _SLOW_DISK, _CLOCK_STEP, _CATCH_UP) = range(17)
 # Entries a paused peer would handle: they wait (in order) until it resumes.
 _PEER_KINDS = frozenset((_EVENT, _TICK, _SYNC, _JOB))
 
@@ -61,6 +61,7 @@ class Options:
     def membership_full(self) -> bool:
         return self.check_membership == "full" or (self.check_membership == "auto" and self.peers <= 50)
     hash_trace: bool = True
+    job_model: bool = False  # SUBMIT's options (sim/simulation/jobmodel.py); off: the trace is as before them
 
     def wire_on(self) -> bool:
         return self.wire if self.wire is not None else self.peers * max(self.jobs, 1) <= 200_000
@@ -77,6 +78,8 @@ class Options:
             f"--pause-every {self.pause_every_s:g}", f"--slow-disk-every {self.slow_disk_every_s:g}",
             f"--clock-step-every {self.clock_step_every_s:g}", "--wire" if self.wire_on() else "--no-wire",
         ]
+        if self.job_model:
+            parts.append("--job-model")
         return " ".join(parts)
 
 
@@ -99,3 +102,7 @@ class _Peer:
         self.paused_until = 0.0  # stopped (SIGSTOP) until then: its entries wait
         self.slow_until = 0.0  # its disk is slow until then
         self.wall_offset = _WALL_EPOCH_S  # wall = now + this; kept across crashes (it is the machine's clock)
+        # The highest wall time this peer's clock has shown before its
+        # latest step (an upper bound on what its core has seen: with
+        # `now + wall_offset` it bounds the wall at any moment).
+        self.wall_high = 0.0

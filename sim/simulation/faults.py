@@ -12,6 +12,7 @@ from executor.core import PeerCore
 from executor.core.cluster import Cluster
 from sim.simulation.base import (
     _BREAK,
+    _CATCH_UP,
     _CLOCK_STEP,
     _CLOCK_STEP_S,
     _CRASH,
@@ -28,6 +29,7 @@ from sim.simulation.base import (
     InvariantViolation,
     _Peer,
 )
+from sim.simulation.jobmodel import _CATCH_UP_EVERY_S
 from storage import layout
 
 
@@ -175,6 +177,7 @@ class FaultsMixin:
         step = rng.uniform(*_CLOCK_STEP_S) * (1 if rng.random() < 0.5 else -1)
         if abs(peer.wall_offset + step - _WALL_EPOCH_S) > 2 * _CLOCK_STEP_S[1]:
             step = -step  # keep the skew within ±20 minutes
+        peer.wall_high = max(peer.wall_high, self.now + peer.wall_offset)
         peer.wall_offset += step
         self.report.clock_steps += 1
         if self.opts.trace:
@@ -187,4 +190,6 @@ class FaultsMixin:
         for peer in self.peers:
             if not peer.up:
                 self._restart(peer)
+        if self.opts.job_model:
+            self._push(self.now + _CATCH_UP_EVERY_S, _CATCH_UP)
 

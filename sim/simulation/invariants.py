@@ -30,6 +30,8 @@ class InvariantsMixin:
 
     def _check_step(self, peer: _Peer, event) -> None:
         core = peer.core
+        if self.model_started:
+            self._model_check_priorities(peer)
         if len(core.running) > core.slots:
             raise InvariantViolation(f"{peer.name}: core runs {len(core.running)} jobs on {core.slots} slots")
         membership = core.cluster.membership
@@ -55,6 +57,11 @@ class InvariantsMixin:
         if stored.kind != spec.kind or stored.sleep_ms != spec.sleep_ms or stored.command != spec.command:
             raise InvariantViolation(f"{peer.name}: {what}{job_id} holds another job's spec "
                                      f"({stored.kind} {stored.sleep_ms} ms, submitted {spec.sleep_ms} ms)")
+        # The options: a home's record keeps them all; a held copy those that
+        # travel with the job (priority, environment, directory).
+        travels = (stored.priority, stored.env, stored.cwd) == (spec.priority, spec.env, spec.cwd)
+        if not travels or (what == "j/" and stored != spec):
+            raise InvariantViolation(f"{peer.name}: {what}{job_id} holds {stored}, submitted {spec}")
 
     def _check_touched(self, peer: _Peer, touched: dict[bytes, bytes | None]) -> None:
         """Every job key a durable batch changed: ids known, specs right, a
@@ -94,14 +101,17 @@ class InvariantsMixin:
             self._check_safe(job_id, why)
 
     def _check_safe(self, job_id: str, why: str) -> None:
-        """An acknowledged job is safe while its home's durable record is final,
-        or some store (of a live or a crashed peer) durably holds it to run
-        (q/) or holds its result for the home (x/)."""
+        """An acknowledged job is safe while its home's durable record is final
+        (or waiting or scheduled: held nowhere until it is released), or some
+        store (of a live or a crashed peer) durably holds it to run (q/) or
+        holds its result for the home (x/)."""
         if job_id in self.final or self.holders[job_id] > 0:
             return
         home = self.peers[self.home_of[job_id]]
         raw = home.store.durable.get(layout.key(layout.JOB, job_id))
         rec = job_record(raw) if raw is not None else None
+        if rec is not None and rec.state in (JobState.WAITING, JobState.SCHEDULED):
+            return  # (--job-model) waiting for its dependencies or its due time: only its home's record holds it
         state = f"{rec.state.value} attempt {rec.attempt} at {rec.executor}" if rec else "no record"
         raise InvariantViolation(f"acknowledged job {job_id} lost ({why}): home {home.name} says {state}; "
                                  f"no store holds it or its result")

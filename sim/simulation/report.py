@@ -54,6 +54,7 @@ class Report:
     submit_retries: int = 0
     trace_hash: str = ""
     wire: bool = True
+    job_model: dict | None = None  # with --job-model: what its jobs did (sim/simulation/jobmodel.py)
 
 
 class MeasureMixin:
@@ -99,6 +100,8 @@ class MeasureMixin:
         r.imbalance_busy_avg = avg([s for _, s, busy in self.imbalance if busy])
         r.imbalance_max = max((s for _, s, _ in self.imbalance), default=0)
         r.trace_hash = self.hash.hexdigest() if opts.hash_trace else ""
+        if opts.job_model:
+            r.job_model = dict(self.model)
 
 
 def format_report(r: Report) -> str:
@@ -121,6 +124,8 @@ def format_report(r: Report) -> str:
         f"liveness avg {r.imbalance_liveness_avg:.2f}, while busy {r.imbalance_busy_avg:.2f}, max {r.imbalance_max}",
         f"  wire codec {'on' if r.wire else 'off'}; trace {r.trace_hash}",
     ]
+    if r.job_model is not None:
+        lines.append("  job model: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r.job_model.items()))
     if not r.ok:
         lines.append(f"  replay: {r.command}")
     return "\n".join(lines)

@@ -43,7 +43,11 @@ class WorkloadMixin:
             self.report.reexecutions += 1
         self.starts_of[start.job_id] += 1
         run_s = start.spec.sleep_ms / 1000
-        if run_s > start.timeout_s:
+        if self.opts.job_model:
+            self._model_start(peer, start)
+        if self.opts.job_model and self._model_outcome(start):
+            result = (start.job_id, start.attempt, self.gen, 1, None)  # this try fails (exit 1)
+        elif run_s > start.timeout_s:
             result = (start.job_id, start.attempt, self.gen, None, "timeout")
             run_s = start.timeout_s
         else:
@@ -72,7 +76,7 @@ class WorkloadMixin:
         token = (1 + n % 64, self.tokens)  # (connection, request number), as node.py's tokens
         peer.clients[token] = n
         self._push(self.now + self.net_rng.uniform(0.00005, 0.0005), _EVENT, peer.idx, peer.epoch,
-                   ClientRequest(token, Submit(self.specs[n])))
+                   ClientRequest(token, self._model_submit(n, peer) if self.opts.job_model else Submit(self.specs[n])))
 
     def _reply(self, peer: _Peer, reply) -> None:
         n = peer.clients.pop(reply.token, None)
@@ -95,6 +99,8 @@ class WorkloadMixin:
         self.acked[job_id] = n
         self.acked_job[n] = job_id
         self.home_of[job_id] = peer.idx
+        if self.opts.job_model:
+            self._model_acked(job_id, peer.idx)
         raw = peer.store.durable.get(layout.key(layout.JOB, job_id))
         if raw is None:
             raise InvariantViolation(f"{peer.name} acknowledged {job_id} before its record was durable")

@@ -12,12 +12,14 @@ import heapq
 import random
 import sys
 import time
+import traceback
 from collections import Counter
 
 from executor.config import Config
 from executor.core import JobExited
 from sim.simulation.base import (
     _BREAK,
+    _CATCH_UP,
     _CLOCK_STEP,
     _CRASH,
     _EVENT,
@@ -45,12 +47,13 @@ from sim.simulation.base import (
 from sim.simulation.edge import EdgeMixin
 from sim.simulation.faults import FaultsMixin
 from sim.simulation.invariants import InvariantsMixin
+from sim.simulation.jobmodel import JobModelMixin
 from sim.simulation.network import NetworkMixin, _Link
 from sim.simulation.report import MeasureMixin, Report
 from sim.simulation.workload import WorkloadMixin
 
 
-class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, InvariantsMixin, MeasureMixin):
+class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, InvariantsMixin, JobModelMixin, MeasureMixin):
     def __init__(self, opts: Options, config: Config | None = None, out=None) -> None:
         self.opts = opts
         self.config = config or Config.simulation()
@@ -67,6 +70,9 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         self.client_rng = random.Random(master.getrandbits(64))
         # Drawn last: the streams above are the same as before the nemeses existed.
         self.nemesis_rng = random.Random(master.getrandbits(64))
+        self.model_started: list[int] = []
+        if opts.job_model:  # drawn after every other stream: theirs stay as they were
+            self._init_job_model(random.Random(master.getrandbits(64)))
         self.heap: list = []
         self.serial = 0
         self.now = 0.0
@@ -86,6 +92,9 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         self.fault_phase = True
         # Clients and jobs.
         self.specs = [self._draw_spec() for _ in range(opts.jobs)]
+        if opts.job_model:
+            for n in range(opts.jobs):
+                self._draw_model(n)
         self.acked: dict[str, int] = {}  # job id -> job number
         self.acked_job: dict[int, str] = {}  # job number -> job id
         self.home_of: dict[str, int] = {}
@@ -119,6 +128,11 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         except InvariantViolation as exc:
             self.report.ok = False
             self.report.failure = f"t={self.now:.6f}s: {exc}"
+        except Exception as exc:  # noqa: BLE001 -- a core (or the simulation) raised: a failure with its seed, as any other
+            where = " <- ".join(f"{f.filename.rpartition('/')[2]}:{f.lineno} {f.name}"
+                                for f in reversed(traceback.extract_tb(exc.__traceback__)[-4:]))
+            self.report.ok = False
+            self.report.failure = f"t={self.now:.6f}s: {type(exc).__name__}: {exc} (at {where})"
         self.report.wall_s = time.perf_counter() - wall
         self._finish_report()
         return self.report
@@ -173,6 +187,8 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
                 break
         if self.converged_at is None:
             self._liveness_failure(deadline)
+        if opts.job_model:
+            self._model_verdict()
 
     def _schedule(self) -> None:
         """The first entries: every peer's start, every submission, the first
@@ -224,6 +240,8 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
             self._fault_slow_disk()
         elif kind == _CLOCK_STEP:
             self._fault_clock_step()
+        elif kind == _CATCH_UP:
+            self._model_catch_up()
 
 
 
