@@ -228,14 +228,14 @@ def test_the_job_wrapper_runs_nothing_without_the_peers_go(tmp_path):
     the kernel closes the pipe, the wrapper exits without running the job."""
     marker = tmp_path / "ran"
     go_read, go_write = os.pipe()
-    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "peerjobs-job", f"touch {marker}"],
+    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "/bin/sh", f"touch {marker}"],
                             stdin=go_read, start_new_session=True)
     os.close(go_read)
     os.close(go_write)  # as the kernel does when the peer is killed
     assert proc.wait(timeout=10) == runner.WRAPPER_NO_GO_EXIT
     assert not marker.exists()
     go_read, go_write = os.pipe()
-    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "peerjobs-job", f"touch {marker}; exit 3"],
+    proc = subprocess.Popen(["/bin/sh", "-c", runner._WRAPPER, "/bin/sh", f"touch {marker}; exit 3"],
                             stdin=go_read, start_new_session=True)
     os.close(go_read)
     os.write(go_write, b"go\n")

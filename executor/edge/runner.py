@@ -56,11 +56,15 @@ if TYPE_CHECKING:
 
 _READ_CHUNK_BYTES = 65536
 
-_WRAPPER = 'read -r _ || exit 125; exec /bin/sh -c "$1" </dev/null'
+_WRAPPER = ('read -r _ || exit 125; exec </dev/null; __peerjobs_command=$1; shift; '
+            'eval "unset __peerjobs_command; $__peerjobs_command"')
 """Waits for the peer's go line on its stdin, a pipe from the peer (the
-record of this process is then durable), then becomes the job's shell, with
-stdin from /dev/null as every job has. EOF instead (the peer died before the
-record was durable): exit 125 without running the command."""
+record of this process is then durable), then runs the command in itself,
+with stdin from /dev/null as every job has, no positional parameters and
+`$0` /bin/sh: as `/bin/sh -c <command>` would, without a second exec of the
+shell (0.7 ms a job here: `true`, a builtin, then forks nothing). EOF instead
+(the peer died before the record was durable): exit 125 without running the
+command."""
 WRAPPER_NO_GO_EXIT = 125
 
 ORPHAN_KILL_ROUNDS_MAX = 20
@@ -278,7 +282,7 @@ async def _spawn(start: StartJob, peer_id: str, workdir: str) -> tuple[trio.Proc
         os.makedirs(workdir, exist_ok=True)
         go_read, go_write = os.pipe()
         process = await trio.lowlevel.open_process(
-            ["/bin/sh", "-c", _WRAPPER, "peerjobs-job", start.spec.command],
+            ["/bin/sh", "-c", _WRAPPER, "/bin/sh", start.spec.command],
             stdin=go_read,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
