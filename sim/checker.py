@@ -17,24 +17,27 @@ then classifies every operation the way Jepsen's queue checker does:
 * **reexecuted** — an acknowledged job whose final attempt number is > 1
   (beyond its tries, with `--retries`: a retry is a new attempt, not a duplicate).
 
-With the job model (`JobOptions` per tag, `--job-model`), "done" becomes the
-state each job must end in — failed for a job whose every try fails,
-cancelled `dependency-failed` for one whose afterok dependency did not end
-done — and **model** violations are counted too: a dependent that started
-before a dependency ended, a delayed job that started before its due time
-(both from the start and end times the jobs print, on the one machine's
-clock), a priority or a try count that did not survive.
+With the job model (`--job-model`), "done" is the state each job's options
+call for, and **model** violations count too (sim/checker_jobmodel.py).
 
-Also here, as pure functions: membership timings of each kill (detection and
-rejoin, from PEERS transitions), the load imbalance over time, and percentiles.
-Nothing here does I/O, reads a clock or draws random numbers.
+The figures (membership timings of each kill, the load imbalance over time,
+percentiles) are pure functions too, in sim/checker_stats.py (importable from
+here). Nothing here does I/O, reads a clock or draws random numbers.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+from sim.checker_jobmodel import (  # noqa: F401
+    JobOptions,
+    expected_states,
+    judge_options,
+    output_times,
+    tries_of,
+)
+from sim.checker_stats import Kill, imbalance_series, kill_timings, median, percentile  # noqa: F401 -- names kept here
 
 ACKED, UNKNOWN, REJECTED = "acked", "unknown", "rejected"
 EXAMPLES_MAX = 10
@@ -68,19 +71,6 @@ class Observed:
     submitted: float | None = None  # the home's wall clock when it accepted the job
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """What the job-model workload asked of one submission (by tag).
-    `after`/`after_any` are job ids; `fails`: every try exits non-zero."""
-
-    priority: int = 0
-    retries: int = 0
-    fails: bool = False
-    delay_s: float | None = None
-    after: tuple[str, ...] = ()
-    after_any: tuple[str, ...] = ()
-
-
 def home_of(job_id: str) -> str:
     """The home peer named by a job id: everything before the last '-'."""
     return job_id.rpartition("-")[0]
@@ -92,29 +82,6 @@ def output_tag(output: bytes | None) -> int | None:
         return None
     last = output.rstrip(b"\n").rsplit(b"\n", 1)[-1].strip()
     return int(last) if last.isdigit() else None
-
-
-def output_times(output: bytes | None) -> tuple[float | None, float | None]:
-    """The `s=<start>` and `e=<end>` wall times a job-model job printed."""
-    start = end = None
-    for line in (output or b"").splitlines():
-        if line.startswith(b"s="):
-            start = _float(line[2:])
-        elif line.startswith(b"e="):
-            end = _float(line[2:])
-    return start, end
-
-
-def _float(text: bytes) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-TIME_SLACK_S = 0.02
-"""Tolerance of the order checks: `submitted` is shown to the millisecond,
-and `date` and the peer read the clock at different moments."""
 
 
 @dataclass
@@ -242,13 +209,13 @@ def _judge_acked(v: Verdict, acked_by_id: dict[str, list[Submission]], observed:
             dup.add(job_id)  # one id promised to two submissions
         obs = observed.get(job_id)
         opts = options.get(subs[0].tag)
-        expected = done_states if opts is None else _expected_states(opts, observed)
+        expected = done_states if opts is None else expected_states(opts, observed)
         if obs is None or obs.state not in expected:
             v.lost.append(job_id if obs is None or opts is None else f"{job_id} {obs.state} (expected "
                           f"{'/'.join(sorted(expected))})")
             lost_states["missing" if obs is None else obs.state] += 1
             continue
-        tries = _tries(obs.tries)
+        tries = tries_of(obs.tries)
         if obs.attempt > tries:
             v.reexecuted.append(job_id)
             v.extra_attempts += obs.attempt - tries
@@ -257,60 +224,9 @@ def _judge_acked(v: Verdict, acked_by_id: dict[str, list[Submission]], observed:
         if opts is not None:
             counts[obs.state] += 1
             counts["retried"] += tries > 1
-            v.model += _judge_options(job_id, obs, opts, observed, timing, counts)
+            v.model += judge_options(job_id, obs, opts, observed, timing, counts)
     if options:
         v.model_counts = dict(sorted(counts.items()))
-
-
-def _tries(text: str | None) -> int:
-    k = (text or "1/1").partition("/")[0]
-    return int(k) if k.isdigit() else 1
-
-
-def _expected_states(opts: JobOptions, observed: dict[str, Observed]) -> frozenset[str]:
-    deps = [observed.get(d) for d in opts.after]
-    if any(d is not None and d.state in ("failed", "cancelled") for d in deps):
-        return frozenset({"cancelled"})
-    return frozenset({"failed" if opts.fails else "done"})
-
-
-def _judge_options(job_id: str, obs: Observed, opts: JobOptions, observed: dict[str, Observed], timing: bool,
-                   counts: Counter) -> list[str]:
-    """A final job against its options: the reason of a cancellation, the
-    fields that must have survived, and (from the printed times) the order
-    of its start after its dependencies' ends and its due time."""
-    out = []
-    if obs.state == "cancelled":
-        if obs.reason != "dependency-failed":
-            out.append(f"{job_id} cancelled reason={obs.reason}, expected dependency-failed")
-        return out
-    if obs.priority != opts.priority:
-        out.append(f"{job_id} shows priority {obs.priority}, submitted with {opts.priority}")
-    if opts.retries and (obs.tries is None or not obs.tries.endswith(f"/{opts.retries + 1}")):
-        out.append(f"{job_id} shows try={obs.tries}, submitted with --retries {opts.retries}")
-    if not timing:
-        return out
-    start, _ = output_times(obs.output)
-    if start is None:
-        out.append(f"{job_id} {obs.state} printed no start time")
-        return out
-    if opts.delay_s is not None and obs.submitted is not None:
-        counts["delay_checked"] += 1
-        if start + TIME_SLACK_S < obs.submitted + opts.delay_s:
-            out.append(f"{job_id} started at {start:.3f}, before its due time {obs.submitted + opts.delay_s:.3f} "
-                       f"(submitted {obs.submitted:.3f} + --delay {opts.delay_s:g})")
-    for dep in opts.after + opts.after_any:
-        d = observed.get(dep)
-        end = output_times(d.output)[1] if d is not None else None
-        if d is None or d.state not in ("done", "failed", "cancelled"):
-            out.append(f"{job_id} ran although its dependency {dep} is {d.state if d else 'missing'}")
-        elif dep in opts.after and d.state != "done":
-            out.append(f"{job_id} ran although its afterok dependency {dep} ended {d.state}")
-        elif end is not None:
-            counts["dependency_order_checked"] += 1
-            if start + TIME_SLACK_S < end:
-                out.append(f"{job_id} started at {start:.3f}, before its dependency {dep} ended ({end:.3f})")
-    return out
 
 
 def _judge_extras_by_tag(v: Verdict, extras: list[str], acked_by_id: dict[str, list[Submission]],
@@ -371,129 +287,3 @@ def _judge_extras_by_count(v: Verdict, extras: list[str], observed: dict[str, Ob
         if len(ids) > allowed:
             v.unexpected_count += len(ids) - allowed
             v.unexpected.extend(ids)  # which of them are the extra ones cannot be told
-
-
-# ---------------------------------------------------------------------------
-# Statistics
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 1]); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def median(values: list[float]) -> float | None:
-    return percentile(values, 0.5)
-
-
-# ---------------------------------------------------------------------------
-# Membership timings of kills
-
-
-@dataclass(frozen=True)
-class Kill:
-    peer: str
-    t_kill: float
-    t_up: float | None  # when the restarted peer listened again (None: never)
-
-
-def kill_timings(
-    kills: list[Kill],
-    transitions: dict[tuple[str, str], list[tuple[float, str, int]]],
-    peers: list[str],
-) -> list[dict]:
-    """For each kill: when each other peer's PEERS view first showed the victim
-    `dead` (detection) and `alive` at a newer incarnation (rejoin), in seconds
-    after the kill.
-
-    `transitions[(observer, member)]` is the observer's view of the member as a
-    list of changes `(t, state, incarnation)`, in time order. Only changes
-    before the victim's next kill count. `detect_all_s` / `rejoin_all_s` are
-    the time by which every observer that saw it had seen it (None if some
-    observer never did: a restart quick enough that the old life was never
-    declared dead is common, and is reported as such).
-    """
-    out = []
-    for k in kills:
-        later = [o.t_kill for o in kills if o.peer == k.peer and o.t_kill > k.t_kill]
-        horizon = min(later) if later else math.inf
-        detect, rejoin, suspect = {}, {}, {}
-        for obs in peers:
-            if obs == k.peer:
-                continue
-            changes = transitions.get((obs, k.peer), [])
-            before = [c for c in changes if c[0] <= k.t_kill]
-            old_inc = before[-1][2] if before else -1
-            d = s = r = None
-            for t, state, inc in changes:
-                if t <= k.t_kill or t >= horizon:
-                    continue
-                if state == "suspect" and s is None and r is None:
-                    s = t - k.t_kill
-                if state == "dead" and d is None and r is None:
-                    d = t - k.t_kill
-                if state == "alive" and inc > old_inc and r is None:
-                    r = t - k.t_kill
-            detect[obs], suspect[obs], rejoin[obs] = d, s, r
-        ds = [x for x in detect.values() if x is not None]
-        rs = [x for x in rejoin.values() if x is not None]
-        out.append({
-            "peer": k.peer,
-            "t_kill": round(k.t_kill, 3),
-            "restart_s": None if k.t_up is None else round(k.t_up - k.t_kill, 3),
-            "suspect_first_s": _r(min((x for x in suspect.values() if x is not None), default=None)),
-            "detect_first_s": _r(min(ds) if ds else None),
-            "detect_all_s": _r(max(ds) if ds and len(ds) == len(detect) else None),
-            "rejoin_all_s": _r(max(rs) if rs and len(rs) == len(rejoin) else None),
-            "detected_by": len(ds),
-            "observers": len(detect),
-        })
-    return out
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
-
-
-# ---------------------------------------------------------------------------
-# Load imbalance over time
-
-
-def imbalance_series(
-    loads: dict[str, list[tuple[float, int]]],
-    down: dict[str, list[tuple[float, float]]],
-    t_start: float,
-    t_end: float,
-    *,
-    step_s: float = 0.1,
-    stale_s: float = 0.35,
-) -> list[tuple[float, int]]:
-    """max − min of (queued + running) across live peers on a regular grid.
-
-    `loads[peer]` are (t, load) samples in time order; `down[peer]` the
-    intervals it was dead. A peer counts at time t when it is not down and
-    has a sample no older than `stale_s`. Grid points with fewer than two
-    live peers are skipped.
-    """
-    idx = {p: 0 for p in loads}
-    out = []
-    n = max(0, int((t_end - t_start) / step_s) + 1)
-    for i in range(n):
-        t = t_start + i * step_s
-        values = []
-        for peer, samples in loads.items():
-            j = idx[peer]
-            while j + 1 < len(samples) and samples[j + 1][0] <= t:
-                j += 1
-            idx[peer] = j
-            if not samples or samples[j][0] > t or t - samples[j][0] > stale_s:
-                continue
-            if any(a <= t < b for a, b in down.get(peer, ())):
-                continue
-            values.append(samples[j][1])
-        if len(values) >= 2:
-            out.append((t, max(values) - min(values)))
-    return out

@@ -165,6 +165,7 @@ def _model_check(report: sim.Report) -> None:
     assert m is not None
     # Every option was drawn and exercised, not only generated.
     assert m["priority"] and m["wide"] and m["retries"] and m["delay"] and m["at"] and m["dependents"], m
+    assert m["arrays"] and m["array_cap_checks"], m
     assert m["retried_tries"] > 0 and m["failed"] > 0 and m["dependency_cancelled"] > 0, m
     assert m["delayed_starts_checked"] > 0 and m["dependent_starts_checked"] > 0, m
 
@@ -257,3 +258,19 @@ def test_checker_catches_a_failure_not_retried(monkeypatch):
 
     reports = _planted(monkeypatch, ScheduleMixin, "_retry", fail_at_once)
     assert any(not r.ok and "succeed" in r.failure for r in reports), [r.failure for r in reports]
+
+
+def test_checker_catches_an_array_that_ignores_its_cap(monkeypatch):
+    from executor.core.parents import ParentsMixin
+
+    original = ParentsMixin._make_children
+
+    def uncapped(self, parent):
+        cap, parent.cap = parent.cap, 0
+        try:
+            original(self, parent)
+        finally:
+            parent.cap = cap
+
+    reports = _planted(monkeypatch, ParentsMixin, "_make_children", uncapped)
+    assert any(not r.ok and "live elements at once" in r.failure for r in reports), [r.failure for r in reports]

@@ -112,6 +112,8 @@ class InvariantsMixin:
         rec = job_record(raw) if raw is not None else None
         if rec is not None and rec.state in (JobState.WAITING, JobState.SCHEDULED):
             return  # (--job-model) waiting for its dependencies or its due time: only its home's record holds it
+        if rec is None and self.model_parent and self._model_unmade(job_id):
+            return  # (--job-model) an array's element not made yet: its array's record holds it
         state = f"{rec.state.value} attempt {rec.attempt} at {rec.executor}" if rec else "no record"
         raise InvariantViolation(f"acknowledged job {job_id} lost ({why}): home {home.name} says {state}; "
                                  f"no store holds it or its result")
@@ -121,11 +123,15 @@ class InvariantsMixin:
         if missing:
             raise InvariantViolation(f"liveness: {len(missing)} submissions never acknowledged by t={deadline:g}s "
                                      f"(e.g. job #{missing[0]})")
-        open_ids = [j for j in self.acked if j not in self.final]
+        open_ids = [j for j in self.acked if j not in self.final and j not in self.model_parent]
         examples = []
         for job_id in open_ids[:5]:
             home = self.peers[self.home_of[job_id]]
-            rec = job_record(home.store.durable[layout.key(layout.JOB, job_id)])
+            raw = home.store.durable.get(layout.key(layout.JOB, job_id))
+            if raw is None:  # (an array's element not made yet)
+                examples.append(f"{job_id} not made by its home {home.name}")
+                continue
+            rec = job_record(raw)
             where = [p.name for p in self.peers if layout.key(layout.HELD, job_id) in p.store.durable]
             examples.append(f"{job_id} {rec.state.value} attempt {rec.attempt} executor {rec.executor or '-'} "
                             f"held by {where}")

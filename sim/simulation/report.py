@@ -74,8 +74,8 @@ class MeasureMixin:
         r.liveness_bound_s = opts.liveness_s
         if self.converged_at is not None:
             r.converged_after_s = self.converged_at - opts.duration_s
-        r.jobs_acked = len(self.acked)
-        r.jobs_final = len(self.final)
+        r.jobs_acked = len(self.acked_job)  # submissions (an array's elements are acknowledged with it)
+        r.jobs_final = self._model_jobs_final() if opts.job_model else len(self.final)
         r.jobs_run_more_than_once = sum(1 for c in self.starts_of.values() if c > 1)
         if self.now > 0 and self.peers:
             r.messages_per_peer_s = r.messages / len(self.peers) / self.now

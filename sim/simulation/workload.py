@@ -99,8 +99,8 @@ class WorkloadMixin:
         self.acked[job_id] = n
         self.acked_job[n] = job_id
         self.home_of[job_id] = peer.idx
-        if self.opts.job_model:
-            self._model_acked(job_id, peer.idx)
+        if self.opts.job_model and self._model_acked(job_id, peer.idx):
+            return  # an array: its record and its elements are checked as they become durable
         raw = peer.store.durable.get(layout.key(layout.JOB, job_id))
         if raw is None:
             raise InvariantViolation(f"{peer.name} acknowledged {job_id} before its record was durable")

@@ -48,12 +48,14 @@ from sim.simulation.edge import EdgeMixin
 from sim.simulation.faults import FaultsMixin
 from sim.simulation.invariants import InvariantsMixin
 from sim.simulation.jobmodel import JobModelMixin
+from sim.simulation.jobmodel_checks import JobModelChecksMixin
 from sim.simulation.network import NetworkMixin, _Link
 from sim.simulation.report import MeasureMixin, Report
 from sim.simulation.workload import WorkloadMixin
 
 
-class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, InvariantsMixin, JobModelMixin, MeasureMixin):
+class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, InvariantsMixin, JobModelMixin, JobModelChecksMixin,
+                 MeasureMixin):
     def __init__(self, opts: Options, config: Config | None = None, out=None) -> None:
         self.opts = opts
         self.config = config or Config.simulation()
@@ -71,6 +73,8 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         # Drawn last: the streams above are the same as before the nemeses existed.
         self.nemesis_rng = random.Random(master.getrandbits(64))
         self.model_started: list[int] = []
+        self.model_parent: dict[str, int] = {}  # (--job-model) acknowledged arrays -> their job number
+        self.final_target = opts.jobs  # records that end final: a job each, an array's elements
         if opts.job_model:  # drawn after every other stream: theirs stay as they were
             self._init_job_model(random.Random(master.getrandbits(64)))
         self.heap: list = []
@@ -182,7 +186,7 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
                         self._step(peer, JobExited(job_id, attempt, code, reason))
             else:
                 self._handle_control(kind, a, b)
-            if self.converged_at is None and not self.fault_phase and len(self.final) == opts.jobs:
+            if self.converged_at is None and not self.fault_phase and len(self.final) == self.final_target:
                 self.converged_at = self.now
                 break
         if self.converged_at is None:
