@@ -146,20 +146,23 @@ class World:
             if kind is Send:
                 self._send(name, action)  # membership's: it waits for no sync
             elif kind is StartJob:
-                assert action.job_id not in peer.running, (
-                    f"{name} started {action.job_id} attempt {action.attempt} while attempt "
-                    f"{peer.running[action.job_id].attempt} still runs there")
-                self.gen += 1
-                tag = f"{action.job_id}@{name}#{action.attempt}/{self.gen}".encode()
-                peer.running[action.job_id] = Run(action.attempt, tag)
-                self.starts[action.job_id] += 1
-                assert len(peer.running) <= SLOTS, f"{name} runs {sorted(peer.running)} on {SLOTS} slot(s)"
+                start(action)
             elif kind is KillJob:
                 run = peer.running.get(action.job_id)
                 if run is not None and run.attempt == action.attempt:
                     run.killed = True
             elif kind is Log:
                 self.log.append(f"{self.now:.3f} {name}: {action.text}")
+
+        def start(action) -> None:
+            assert action.job_id not in peer.running, (
+                f"{name} started {action.job_id} attempt {action.attempt} while attempt "
+                f"{peer.running[action.job_id].attempt} still runs there")
+            self.gen += 1
+            tag = f"{action.job_id}@{name}#{action.attempt}/{self.gen}".encode()
+            peer.running[action.job_id] = Run(action.attempt, tag)
+            self.starts[action.job_id] += 1
+            assert len(peer.running) <= SLOTS, f"{name} runs {sorted(peer.running)} on {SLOTS} slot(s)"
 
         def durably(writes, later) -> None:
             if mode == CRASH_BEFORE_SYNC:
@@ -177,6 +180,8 @@ class World:
                     replies.append(action.data)
                 elif kind is ReplyResult:
                     replies.append(read_result(peer.store, action.job_id))
+                elif kind is StartJob:
+                    start(action)  # a job this batch released: after its sync
 
         carry_out(*core.take(), at_once=at_once, durably=durably)
         return replies

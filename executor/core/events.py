@@ -106,6 +106,7 @@ class StartJob:
     attempt: int
     spec: JobSpec
     timeout_s: float
+    after_sync: bool = False  # carried out only once the batch is durable (a job released by it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,8 @@ other action waits for the sync."""
 def is_immediate(action: Action) -> bool:
     """Carried out before the batch's sync (see IMMEDIATE_ACTIONS)."""
     kind = type(action)
+    if kind is StartJob:
+        return not action.after_sync
     return kind in IMMEDIATE_ACTIONS or (kind is Send and not action.wait_sync)
 
 

@@ -62,6 +62,8 @@ class HandoffMixin:
         held here, durable, until it acks (docs/cluster.md, handoff)."""
         transfer_id = self.next_request_id
         self.next_request_id += 1
+        for job in jobs:
+            self._start_after_sync.pop(job.job_id, None)  # (its sync comes before the handoff is sent)
         if jobs:
             self.lends[transfer_id] = _Lend(receiver, jobs, now + self.config.handoff_timeout_s)
         transfers = tuple(

@@ -12,6 +12,11 @@ from storage import layout
 
 class RunningMixin:
     def _hold(self, job: HeldJob, now: float, *, persist: bool, front: bool = False) -> None:
+        if job.home == self.peer_id and self._outdated(job):
+            # A copy of ours that must not run (a lend taken back after the
+            # job was retried, re-issued or finished): dropped, with its q/.
+            self._writes.append((layout.key(layout.HELD, job.job_id), None))
+            return
         self.queue[job.job_id] = job
         if front:
             self.queue.move_to_end(job.job_id, last=False)
@@ -51,7 +56,11 @@ class RunningMixin:
             else:
                 self._report_location(job, now)
             timeout = job.spec.timeout_s or self.config.job_timeout_default_s
-            self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout))
+            # A job this batch released (a dependency done, a due time, a
+            # retry) starts once the batch is durable: never on a decision a
+            # crash could take back (docs/cluster.md, the job model).
+            after_sync = self._start_after_sync.pop(job_id, False)
+            self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout, after_sync))
 
     def _outdated(self, job: HeldJob) -> bool:
         """A copy of one of our own jobs that must not run: the job is final
@@ -155,6 +164,7 @@ class RunningMixin:
 
     def _drop_held(self, job_id: str) -> None:
         """Stop holding a job: unqueue it, or kill it if it runs here."""
+        self._start_after_sync.pop(job_id, None)
         if self.superseded.pop(job_id, None) is not None:
             self._writes.append((layout.key(layout.HELD, job_id), None))
         if job_id in self.queue:

@@ -41,6 +41,9 @@ class ScheduleMixin:
         self.unmet: dict[str, dict[str, None]] = {}  # WAITING job -> dependencies not yet final (ordered)
         self.dependents: dict[str, list[str]] = {}  # dependency -> WAITING jobs here that wait for it
         self.next_dependency_poll_at = self._now
+        # Jobs released (made QUEUED by a dependency, a due time, a retry)
+        # and not yet started or moved: their start waits for its batch's sync.
+        self._start_after_sync: dict[str, bool] = {}
         self._settling: deque[tuple[str, str]] = deque()  # (job, final state) whose dependents are being settled
 
     # -- admission -------------------------------------------------------
@@ -169,6 +172,7 @@ class ScheduleMixin:
         record.due_at = None
         record.executor = self.peer_id
         self._put_record(record)
+        self._start_after_sync[record.job_id] = True
         # An older attempt may still run here, being killed (a retry of a run
         # this peer took back): the new one waits for it to end.
         self._hold_newer(self._held_from_record(record, record.attempt), self._now)

@@ -107,6 +107,8 @@ class EdgeMixin:
                 self._send(peer, action)
             elif kind is Reply or kind is ReplyResult:
                 self._reply(peer, action)
+            elif kind is StartJob:
+                self._start_job(peer, action)  # a job its batch released (after_sync)
             else:
                 raise InvariantViolation(f"{peer.name}: unexpected deferred action {action!r}")
 

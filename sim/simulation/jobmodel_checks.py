@@ -38,7 +38,10 @@ class JobModelChecksMixin:
             spec = self.specs[n]
         else:  # started at home before its acknowledgement went out
             spec = home.core.records[job_id].spec
-        self.model_started.append(start.spec.priority)
+        if not start.after_sync:
+            # (One carried out after its batch's sync was decided in an
+            # earlier step, against the queue as it was then.)
+            self.model_started.append(start.spec.priority)
         if (start.spec.priority, start.spec.slots) != (spec.priority, spec.slots):
             raise InvariantViolation(f"{peer.name}: started {job_id} at priority {start.spec.priority} on "
                                      f"{start.spec.slots} slots, submitted at {spec.priority} on {spec.slots}")
