@@ -183,3 +183,15 @@ def test_a_cron_job_runs_at_each_match_in_utc_and_once_late_after_an_outage():
     h.crash()
     assert [s.job_id for s in starts(h.tick())] == ["n1-1.2"]
     assert ask(h, Status(parent)).startswith("OK n1-1 scheduled cron=*/5_*_*_*_* runs=2 last_run=n1-1.2 next=1800001500.000")
+
+
+def test_an_element_not_made_yet_is_named_as_such_and_a_wait_on_the_array_times_out_cleanly():
+    h = CoreHarness(slots=1)
+    array, _ = submit_line(h, "SUBMIT --array 1-5%1 sleep 100")
+    assert ask(h, Status("n1-1.4")).startswith("ERR not-found job n1-1.4 is not made yet: n1-1 makes its jobs")
+    assert ask(h, Status("n1-1.9")).startswith("ERR not-found no job n1-1.9")  # beyond the array
+    wait = h.request(Wait(array, 1.0))
+    assert replies(h.step(wait)) == []
+    (reply,) = replies(h.tick(2.0))
+    assert reply == b"ERR timeout job n1-1 is still running\n"
+    h.core.validate_state()

@@ -331,18 +331,23 @@ def result(job_id, addr, as_json) -> int:
 @click.option("--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long")
 @client_command
 def wait(job_id, timeout, addr, as_json) -> int:
-    """Wait for a job, print its output, exit with its exit code."""
+    """Wait for a job, print its output, exit with its exit code (an array
+    or periodic job: its line; exit 0 if it ended done)."""
     if timeout is not None and not (0 < timeout < math.inf):
         raise click.UsageError("--timeout must be a positive number of seconds")
 
-    def call(c: Client) -> JobResult:
+    def call(c: Client) -> JobResult | JobStatus:
         try:
-            c.wait(job_id, timeout_s=timeout)
+            final = c.wait(job_id, timeout_s=timeout)
         except WaitTimeout:
             raise CliError(f"job {job_id} did not finish within {timeout:g} s") from None
-        return c.result(job_id)
+        return final if final.is_parent else c.result(job_id)
 
-    return _emit_result(_job_request(addr, job_id, call), as_json)
+    out = _job_request(addr, job_id, call)
+    if isinstance(out, JobStatus):  # an array or periodic job: its line, as `submit --wait` prints it
+        _print_status([out], as_json)
+        return 0 if out.state == "done" else EXIT_ERROR
+    return _emit_result(out, as_json)
 
 
 @cli.command()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from executor.core.events import Reply, ReplyResult, ReplyTail, _Waiter
-from executor.core.ids import parent_of
+from executor.core.ids import order_key, parent_of
 from executor.core.jobs import JobRecord, JobState
 from executor.core.protocol import (
     HELP_LINES,
@@ -83,6 +83,10 @@ class ClientsMixin:
         if record is not None:
             return record
         home, seq = split_job_id(job_id)
+        parent = self.parents.get(parent_of(job_id) or "")
+        if parent is not None and not parent.cancelled and parent.will_make(order_key(job_id)[1]):
+            raise ClientError(ErrorCode.NOT_FOUND, f"job {job_id} is not made yet: {parent.job_id} makes its jobs "
+                                                   f"as earlier ones end (STATUS {parent.job_id})")
         if home == self.peer_id:
             ttl = self.config.records_retained_s
             forgotten = (f"; finished jobs are forgotten when their --keep time{f' (default {ttl:g} s)' if ttl else ''} "
@@ -234,7 +238,7 @@ class ClientsMixin:
             kept = []
             for waiter in self.waiters[job_id]:
                 if waiter.deadline <= now:
-                    state = self.records[job_id].state.value
+                    state = self._state_of(job_id)  # a job's, or an array's or a periodic job's
                     self._reply(waiter.token, err(ErrorCode.TIMEOUT, f"job {job_id} is still {state}"))
                 else:
                     kept.append(waiter)

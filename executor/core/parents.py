@@ -51,14 +51,20 @@ class Parent:
     due_at: float | None = None  # array: its elements' due time; periodic: the next run's
     next_index: int = 0  # the next child to make
     cancelled: bool = False
-    # Memory only (rebuilt at restart): children made and not final, and final ones by state.
-    live: dict[str, None] = field(default_factory=dict)
+    # Children final, by state: stored (a final child may be forgotten before its parent is).
     ended: dict[str, int] = field(default_factory=dict)
+    finished_at: float | None = None  # when it became final (its retention counts from then)
+    # Memory only (rebuilt at restart from the children's records): children made and not final.
+    live: dict[str, None] = field(default_factory=dict)
     last_child: str | None = None
 
     @property
     def periodic(self) -> bool:
         return self.every_s is not None or self.cron is not None
+
+    def will_make(self, index: int) -> bool:
+        """Is child `index` still to be made?"""
+        return index >= self.next_index and (self.periodic or index <= self.last)
 
     @property
     def final(self) -> bool:
@@ -69,7 +75,7 @@ class Parent:
     @property
     def state(self) -> str:
         if not self.final:
-            return JobState.SCHEDULED.value if self.periodic else JobState.RUNNING.value
+            return JobState.SCHEDULED.value if self.periodic else JobState.RUNNING.value  # (an array: see _parent_text)
         if self.cancelled:
             return JobState.CANCELLED.value
         return JobState.DONE.value if set(self.ended) <= {JobState.DONE.value} else JobState.FAILED.value
@@ -78,13 +84,14 @@ class Parent:
         return {"id": self.job_id, "k": self.spec.kind, "c": self.spec.command, "ms": self.spec.sleep_ms,
                 "to": self.spec.timeout_s, "o": self.spec.options_wire(), "t": self.submitted_at,
                 "ar": [self.first, self.last, self.cap], "ev": self.every_s, "due": self.due_at,
-                "n": self.next_index, "x": self.cancelled, "cr": self.cron}
+                "n": self.next_index, "x": self.cancelled, "cr": self.cron, "end": self.ended,
+                "tf": self.finished_at}
 
     @classmethod
     def from_wire(cls, d: dict) -> Parent:
         first, last, cap = d["ar"]
         return cls(d["id"], spec_from_wire(d["k"], d["c"], d["ms"], d["to"], d["o"]), d["t"], first, last, cap,
-                   d["ev"], d["cr"], d["due"], d["n"], d["x"])
+                   d["ev"], d["cr"], d["due"], d["n"], d["x"], dict(d["end"]), d["tf"])
 
 
 class ParentsMixin:
@@ -146,17 +153,16 @@ class ParentsMixin:
             return
         del parent.live[record.job_id]
         parent.ended[record.state.value] = parent.ended.get(record.state.value, 0) + 1
-        before = parent.next_index
         self._make_children(parent)
-        if parent.next_index != before:
-            self._put_parent(parent)
         if parent.final:
             self._parent_final(parent)
+        self._put_parent(parent)  # its counts, in the batch that makes the child final
 
     def _parent_final(self, parent: Parent) -> None:
+        parent.finished_at = self._wall
         for waiter in self.waiters.pop(parent.job_id, ()):
             self._reply(waiter.token, ok(self._parent_text(parent)))
-        self._became_final_id(parent.job_id, parent.state, self._wall, parent.spec.keep_s)
+        self._became_final_id(parent.job_id, parent.state, parent.finished_at, parent.spec.keep_s)
 
     def _tick_parents(self) -> None:
         for parent in self.periodic.values():
@@ -173,6 +179,7 @@ class ParentsMixin:
             self._cancel_record(self.records[job_id], "cancelled")
         if not live:
             self._parent_final(parent)
+            self._put_parent(parent)
         self._reply(token, ok(f"{parent.job_id} cancelled"))
 
     def _parent_text(self, parent: Parent) -> str:
@@ -190,7 +197,13 @@ class ParentsMixin:
                       "pending": parent.last + 1 - parent.next_index}
         fields |= {state.value: counts[state.value] for state in JobState if counts.get(state.value)}
         fields["submitted"] = f"{parent.submitted_at:.3f}"
-        return f"{parent.job_id} {parent.state} {format_fields(fields)}"
+        state = parent.state
+        if not parent.final and not parent.periodic and parent.live:
+            # An array whose live elements all wait (or are all scheduled) says so.
+            states = {self.records[job_id].state for job_id in parent.live}
+            if len(states) == 1 and states <= {JobState.WAITING, JobState.SCHEDULED}:
+                state = states.pop().value
+        return f"{parent.job_id} {state} {format_fields(fields)}"
 
     def _on_parent_command(self, token: Any, verb: str, parent: Parent, now: float, timeout_s: float | None) -> None:
         if verb == "status":
@@ -219,13 +232,12 @@ class ParentsMixin:
         for job_id in sorted((j for j in self.records if parent_of(j) in self.parents), key=order_key):
             parent, record = self.parents[parent_of(job_id)], self.records[job_id]
             parent.last_child = job_id
-            if record.state.final:
-                parent.ended[record.state.value] = parent.ended.get(record.state.value, 0) + 1
-            else:
+            if not record.state.final:
                 parent.live[job_id] = None
         for parent in self.parents.values():
             if parent.final:
-                self._became_final_id(parent.job_id, parent.state, parent.submitted_at, parent.spec.keep_s)
+                end = parent.finished_at if parent.finished_at is not None else parent.submitted_at
+                self._became_final_id(parent.job_id, parent.state, end, parent.spec.keep_s)
 
     def _resume_parents(self) -> None:
         """After the restore: make what came due while the peer was down

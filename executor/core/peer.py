@@ -260,7 +260,7 @@ class PeerCore(ClientsMixin, RunningMixin, ScheduleMixin, ParentsMixin, HandoffM
         assert len(self.finished) <= self.config.records_retained_max, "more final records than retained"
         remote = {j for j, r in self.records.items() if not r.state.final and r.executor != self.peer_id}
         assert remote == set(self.remote_open), f"remote_open is off by {sorted(remote ^ set(self.remote_open))[:5]}"
-        assert set(self.waiters) <= set(self.records), "a waiter for a job with no record"
+        assert set(self.waiters) <= set(self.records) | set(self.parents), "a waiter for a job with no record"
         for job_id, out in self.outbox.items():
             assert out.result.job_id == job_id and out.home != self.peer_id, f"outbox entry {job_id} is wrong"
         self._validate_schedule()

@@ -38,6 +38,11 @@ class RecoveryMixin:
         held = sorted((self._share(HeldJob.from_wire(d)) for d in snap.held()),
                       key=lambda j: (j.submitted_at, split_job_id(j.job_id)[1]))
         for job in held:
+            if job.home == self.peer_id and self._outdated(job):
+                # A copy of ours below its record's attempt (lent, then the
+                # job was retried or re-issued; or final): it must not run.
+                self._writes.append((layout.key(layout.HELD, job.job_id), None))
+                continue
             if job.running:
                 job.running = False
                 job.attempt += 1
