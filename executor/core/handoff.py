@@ -138,7 +138,11 @@ class HandoffMixin:
                 self._log(f"handoff {transfer_id} to {lend.receiver} unacknowledged; took {len(lend.jobs)} jobs back")
                 for job in reversed(lend.jobs):
                     held = self._held_attempt(job.job_id)
-                    if held is None or held < job.attempt:  # never over a newer attempt that came meanwhile
+                    if job.home == self.peer_id and self._outdated(job):
+                        # Ours, and the job was retried, re-issued or
+                        # finished meanwhile: this copy must not run.
+                        self._writes.append((layout.key(layout.HELD, job.job_id), None))
+                    elif held is None or held < job.attempt:  # never over a newer attempt that came meanwhile
                         self._hold(job, now, persist=False, front=True)
 
     def _report_location(self, job: HeldJob, now: float) -> None:

@@ -12,11 +12,6 @@ from storage import layout
 
 class RunningMixin:
     def _hold(self, job: HeldJob, now: float, *, persist: bool, front: bool = False) -> None:
-        if job.home == self.peer_id and self._outdated(job):
-            # A copy of ours that must not run (a lend taken back after the
-            # job was retried, re-issued or finished): dropped, with its q/.
-            self._writes.append((layout.key(layout.HELD, job.job_id), None))
-            return
         self.queue[job.job_id] = job
         if front:
             self.queue.move_to_end(job.job_id, last=False)

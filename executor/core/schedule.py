@@ -15,6 +15,7 @@ dependencies still unmet.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 
 from executor.core.errors import ClientError, ErrorCode
@@ -37,7 +38,8 @@ class ScheduleMixin:
     def _init_schedule(self) -> None:
         self.due: list[tuple[float, int, str]] = []  # (due wall time, seq, job); stale entries skipped when popped
         self.scheduled: dict[str, float] = {}  # SCHEDULED job -> its due time: what `due` holds that is current
-        self.expiries: list[tuple[float, int, str]] = []  # (forget at, seq, job) of final records
+        self.expiries: list[tuple[float, int, str]] = []  # (forget at, n, job) of final records
+        self._tiebreak = itertools.count()  # orders equal times in the heaps without comparing ids
         self.unmet: dict[str, dict[str, None]] = {}  # WAITING job -> dependencies not yet final (ordered)
         self.dependents: dict[str, list[str]] = {}  # dependency -> WAITING jobs here that wait for it
         self.next_dependency_poll_at = self._now
@@ -72,7 +74,12 @@ class ScheduleMixin:
             self._put_record(record)
             self._schedule(record)
         else:
-            self._enqueue(record)
+            # A new job: held at once, and it may start before the batch is
+            # durable (its OK waits for the sync; a crash before it leaves a
+            # run of a job nobody was told about, which nothing depends on).
+            record.due_at = None
+            self._put_record(record)
+            self._hold(self._held_from_record(record, 1), self._now, persist=True)
 
     def _wait_for(self, record: JobRecord) -> None:
         """Index a WAITING record's dependencies; those of ours already final
@@ -237,7 +244,7 @@ class ScheduleMixin:
         """A job or a parent (executor/core/parents.py) is final at `end`."""
         keep = keep_s if keep_s is not None else self.config.records_retained_s
         if keep is not None:
-            heapq.heappush(self.expiries, (end + keep, split_job_id(job_id)[1], job_id))
+            heapq.heappush(self.expiries, (end + keep, next(self._tiebreak), job_id))
         if job_id in self.dependents:
             # A worklist, not recursion: settling one job may end a long chain.
             self._settling.append((job_id, state))

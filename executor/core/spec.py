@@ -175,6 +175,8 @@ class Submit:
 
 def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Submit:
     """SUBMIT's arguments (after the verb) to a `Submit`, or `ClientError`."""
+    if not args.startswith("-"):
+        return Submit(JobSpec("sh", _command(args, command_bytes_max)))  # no options: the common case, kept cheap
     opts: dict = {}
     env: list[tuple[str, str]] = []
     words = args.split(" ")
@@ -209,11 +211,7 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
         if name in opts:
             raise ClientError(ErrorCode.BAD_REQUEST, f"{name} given twice")
         opts[name] = _option(name, value, timeout_max_s)
-    command = " ".join(words[i:]).strip()
-    if not command:
-        raise ClientError(ErrorCode.BAD_REQUEST, "SUBMIT needs a command, e.g. SUBMIT echo hello")
-    if len(command.encode()) > command_bytes_max:
-        raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
+    command = _command(" ".join(words[i:]).strip(), command_bytes_max)
     if "--delay" in opts and "--at" in opts:
         raise ClientError(ErrorCode.BAD_REQUEST, "give --delay or --at, not both")
     if len({"--array", "--every", "--cron"} & set(opts)) > 1:
@@ -233,6 +231,17 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
         raise ClientError(ErrorCode.BAD_REQUEST, problem)
     return Submit(spec, opts.get("--delay"), opts.get("--at"), opts.get("--array"), opts.get("--every"),
                   opts.get("--cron"))
+
+
+def _command(command: str, command_bytes_max: int) -> str:
+    if not command:
+        raise ClientError(ErrorCode.BAD_REQUEST, "SUBMIT needs a command, e.g. SUBMIT echo hello")
+    if len(command.encode()) > command_bytes_max:
+        raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
+    problem = text_problem(command, "command")
+    if problem is not None:
+        raise ClientError(ErrorCode.BAD_REQUEST, problem)
+    return command
 
 
 def _option(name: str, value: str, timeout_max_s: float):
