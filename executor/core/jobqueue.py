@@ -76,17 +76,6 @@ class JobQueue:
         del self[job_id]
         return job
 
-    def popitem(self, last: bool = False) -> tuple[str, HeldJob]:
-        """The head (highest priority, oldest), or with `last` the tail."""
-        priority = self._order[-1 if last else 0]
-        job_id, job = self._by_priority[priority].popitem(last=last)
-        self._priority_of.pop(job_id)
-        self.width -= job.spec.slots
-        if not self._by_priority[priority]:
-            del self._by_priority[priority]
-            self._order.remove(priority)
-        return job_id, job
-
     def head(self, fits: int) -> tuple[str, HeldJob | None]:
         """The first job (in dispatch order) no wider than `fits` slots;
         ("", None) if there is none. O(1) unless jobs too wide come first."""
