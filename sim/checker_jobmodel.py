@@ -32,6 +32,7 @@ class JobOptions:
     delay_s: float | None = None
     after: tuple[str, ...] = ()
     after_any: tuple[str, ...] = ()
+    env: str | None = None  # --env PJ_TAG=<env>: the job prints `env=<its value>`
 
 
 def output_times(output: bytes | None) -> tuple[float | None, float | None]:
@@ -43,6 +44,14 @@ def output_times(output: bytes | None) -> tuple[float | None, float | None]:
         elif line.startswith(b"e="):
             end = _float(line[2:])
     return start, end
+
+
+def output_env(output: bytes | None) -> bytes | None:
+    """The `env=<value>` line a job-model job printed (None: none)."""
+    for line in (output or b"").splitlines():
+        if line.startswith(b"env="):
+            return line[4:]
+    return None
 
 
 def _float(text: bytes) -> float | None:
@@ -83,6 +92,11 @@ def judge_options(job_id: str, obs: Observed, opts: JobOptions, observed: dict[s
         out.append(f"{job_id} shows priority {obs.priority}, submitted with {opts.priority}")
     if opts.retries and (obs.tries is None or not obs.tries.endswith(f"/{opts.retries + 1}")):
         out.append(f"{job_id} shows try={obs.tries}, submitted with --retries {opts.retries}")
+    if opts.env is not None and obs.output is not None:
+        counts["env_checked"] += 1
+        shown = output_env(obs.output)
+        if shown != opts.env.encode():
+            out.append(f"{job_id} printed env={shown!r}, submitted with --env PJ_TAG={opts.env}")
     if not timing:
         return out
     start, _ = output_times(obs.output)

@@ -164,6 +164,30 @@ def test_job_model_violations_are_caught():
     assert len(v.model) == 5, v.model
 
 
+def test_job_model_env_is_checked_in_the_output(tmp_path):
+    """`--env PJ_TAG=<v>`: the job prints `env=$PJ_TAG`; the checker compares
+    it with what was submitted (a lost or another job's variable shows)."""
+    JO = checker.JobOptions
+
+    def ran(job_id, tag, env):
+        out = f"env={env}\ns=10.0\ne=10.1\n{tag}\n".encode()
+        return Observed(job_id, "done", 1, "p1", out)
+
+    options = {0: JO(env="v0-1"), 1: JO(env="v1-2"), 2: JO(env="v2-3")}
+    observed = {"p1-1": ran("p1-1", 0, "v0-1"), "p1-2": ran("p1-2", 1, ""), "p1-3": ran("p1-3", 2, "v0-1")}
+    v = _model_check(observed, options)
+    assert v.summary()["model_counts"]["env_checked"] == 3
+    assert len(v.model) == 2 and "p1-2 printed env=b''" in v.model[0] and "p1-3 printed env=b'v0-1'" in v.model[1], v.model
+    from sim.chaos.jobmodel import ChaosJobModel
+
+    model = ChaosJobModel(9, str(tmp_path / "markers"))
+    lines = [model.line(tag) for tag in range(40)]
+    with_env = [tag for tag in range(40) if model.options[tag].env is not None]
+    assert with_env, lines
+    for tag in with_env:
+        assert f"--env PJ_TAG={model.options[tag].env} " in lines[tag] and "echo env=$PJ_TAG;" in lines[tag]
+
+
 # ---------------------------------------------------------------------------
 # A short real run
 
@@ -219,7 +243,7 @@ def test_job_model_under_kill_restart(tmp_path, capsys):
     drawn, checked = report["job_model"]["drawn"], report["job_model"]["checked"]
     assert min(drawn.values()) > 0, drawn
     assert checked["retried"] > 0 and checked["failed"] > 0 and checked["delay_checked"] > 0, checked
-    assert checked["dependency_order_checked"] > 0, checked
+    assert checked["dependency_order_checked"] > 0 and checked["env_checked"] > 0, checked
     assert processes_under(workdir) == []
 
 

@@ -1233,3 +1233,21 @@ TestPeersModel.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
+
+
+def test_retention_counts_from_the_homes_clock_not_the_executors():
+    """An executor whose wall clock is ten minutes behind reports a
+    `finished_at` ten minutes ago: a `--keep 60` job must still be kept 60 s
+    from when its home learned the result, not forgotten at once."""
+    h = CoreHarness(slots=1)
+    (reply,) = replies(h.step(h.request(parse_command(b"SUBMIT --keep 60 true", command_bytes_max=4096,
+                                                      timeout_max_s=3600.0, wait_max_s=60.0, list_max=100))))
+    job = reply.decode().split()[1]
+    late = JobResult(job_id=job, attempt=1, executor="n1", exit_code=0, reason=None, stdout=b"", stderr=b"",
+                     truncated=False, finished_at=h.now - 600.0, started_at=h.now - 601.0)
+    assert h.core._accept_result(late) is True
+    h.step()
+    h.tick(1.0)
+    assert status(h, job).startswith(f"OK {job} done")
+    h.tick(59.5)
+    assert status(h, job).startswith(f"ERR not-found")

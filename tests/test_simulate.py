@@ -168,6 +168,7 @@ def _model_check(report: sim.Report) -> None:
     assert m["arrays"] and m["array_cap_checks"], m
     assert m["retried_tries"] > 0 and m["failed"] > 0 and m["dependency_cancelled"] > 0, m
     assert m["delayed_starts_checked"] > 0 and m["dependent_starts_checked"] > 0, m
+    assert m["env"] and m["cwd"] and m["keep"] and m["env_cwd_starts_checked"], m
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -276,3 +277,16 @@ def test_checker_catches_an_array_that_ignores_its_cap(monkeypatch):
     # once somewhere: not in every seed; these six include three that do.)
     reports = _planted(monkeypatch, ParentsMixin, "_make_children", uncapped, seeds=range(1, 7))
     assert any(not r.ok and "live elements at once" in r.failure for r in reports), [r.failure for r in reports]
+
+
+def test_checker_catches_an_environment_lost_on_the_way_to_the_runner(monkeypatch):
+    """--env/--cwd: the simulated runner ignores them, so what is checked is
+    that a start carries them as submitted; a dispatch that drops them is caught."""
+    import executor.core.running as running
+    from executor.core.events import StartJob
+
+    def start_without_env(job_id, attempt, spec, timeout, after_sync):
+        return StartJob(job_id, attempt, dataclasses.replace(spec, env=(), cwd=""), timeout, after_sync)
+
+    reports = _planted(monkeypatch, running, "StartJob", start_without_env, seeds=(1,))
+    assert not reports[0].ok and "submitted with env" in reports[0].failure, reports[0].failure

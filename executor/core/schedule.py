@@ -235,10 +235,11 @@ class ScheduleMixin:
                 waiting.remove(record.job_id)
                 if not waiting:
                     del self.dependents[dep]  # nothing waits for it any more: stop asking
-        end = record.finished_at if record.finished_at is not None else record.submitted_at
         if parent_of(record.job_id) is not None:
             self._child_final(record)
-        self._became_final_id(record.job_id, record.state.value, end, record.spec.keep_s)
+        # Retention counts from now on this peer's clock: `finished_at` is
+        # the executor's, which may be far behind (forgotten at once) or ahead.
+        self._became_final_id(record.job_id, record.state.value, self._wall, record.spec.keep_s)
 
     def _became_final_id(self, job_id: str, state: str, end: float, keep_s: float | None) -> None:
         """A job or a parent (executor/core/parents.py) is final at `end`."""
@@ -280,7 +281,8 @@ class ScheduleMixin:
             elif record.state is JobState.WAITING:
                 self._wait_for(record)
             elif record.state.final:
-                end = record.finished_at if record.finished_at is not None else record.submitted_at
+                # (No later than now: an executor's clock may have been ahead.)
+                end = min(record.finished_at if record.finished_at is not None else record.submitted_at, self._wall)
                 self._became_final_id(record.job_id, record.state.value, end, record.spec.keep_s)
 
     def _validate_schedule(self) -> None:

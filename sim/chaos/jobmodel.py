@@ -19,7 +19,10 @@ time:
 * every try fails (5%, `exit 4` after printing): the job must end failed, and
   its afterok dependents cancelled `dependency-failed`;
 * `--delay 0.3-2` (15%);
-* `--after` / `--after-any` 1-2 ids (30% of the jobs sent once some are acknowledged).
+* `--after` / `--after-any` 1-2 ids (30% of the jobs sent once some are acknowledged);
+* `--env PJ_TAG=v<tag>-<word>` (20%): the job prints `env=$PJ_TAG`, so the
+  checker sees the variable reached whichever peer ran it (the value differs
+  per tag: a spec mixed up with another job's shows).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ _FAIL_SHARE = 0.05
 _DELAY_SHARE, _DELAY_S = 0.15, (0.3, 2.0)
 _DEPENDENT_SHARE, _DEPENDENCIES_MAX, _AFTEROK_SHARE = 0.3, 2, 0.7
 _RECENT = 30  # dependencies among the latest acknowledged jobs: many not final yet
+_ENV_SHARE, _ENV_NAME = 0.2, "PJ_TAG"
 
 
 class ChaosJobModel:
@@ -86,7 +90,12 @@ class ChaosJobModel:
             words += ["--after", ",".join(after)]
         if after_any:
             words += ["--after-any", ",".join(after_any)]
-        self.options[tag] = JobOptions(priority, retries, fails, delay, tuple(after), tuple(after_any))
+        env = None
+        if rng.random() < _ENV_SHARE:  # (drawn last: the draws above are as they were before it)
+            env = f"v{tag}-{rng.randrange(10 ** 6)}"
+            words += ["--env", f"{_ENV_NAME}={env}"]
+            body = f"echo env=${_ENV_NAME}; {body}"
+        self.options[tag] = JobOptions(priority, retries, fails, delay, tuple(after), tuple(after_any), env)
         command = f"echo s=$(date +%s.%N); {body}echo e=$(date +%s.%N); echo {tag}" + ("; exit 4" if fails else "")
         return "SUBMIT " + " ".join(words + ["--", command])
 
@@ -98,4 +107,5 @@ class ChaosJobModel:
             "fails": sum(1 for o in opts if o.fails),
             "delay": sum(1 for o in opts if o.delay_s is not None),
             "dependents": sum(1 for o in opts if o.after or o.after_any),
+            "env": sum(1 for o in opts if o.env is not None),
         }

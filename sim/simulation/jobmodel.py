@@ -20,7 +20,17 @@ The workload (one more seeded stream, drawn after all the others):
 * arrays (`--array A-B`, 2-5 elements, half of them `%2`), with any of the
   options above but a due time;
 * dependencies (`--after`, `--after-any`, 1-3 ids) on jobs (and arrays)
-  acknowledged earlier, half of them on the very home the job is sent to.
+  acknowledged earlier, half of them on the very home the job is sent to;
+* `--env` (1-3 entries, values with spaces and `=`), `--cwd` and `--keep`
+  from a stream of their own (seeded from the model stream's state, which it
+  does not advance: every other draw is as it was before them). The
+  simulated runner ignores env and cwd: a start must carry them as
+  submitted (the spec a peer starts equals the one submitted, through every
+  handoff, steal and re-issue; the invariants check every stored copy). Keep
+  is drawn 1-2 h, past any skew, step or catch-up of a run's wall clocks: no
+  record is forgotten within a run (the invariants treat a deleted home
+  record as a loss), so what is checked is that it survives in the home's
+  record.
 
 The checks:
 
@@ -55,6 +65,7 @@ wrong — so every acknowledged job still ends final within the liveness bound.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from executor.core import StartJob
@@ -84,6 +95,9 @@ _DEPENDENT_SHARE = 0.25
 _DEPENDENCIES_MAX = 3
 _SAME_HOME_SHARE = 0.5
 _RECENT = 40  # dependencies are drawn among the latest acknowledged jobs: many are not final yet
+_ENV_SHARE, _ENV_ENTRIES_MAX = 0.2, 3
+_CWD_SHARE, _CWDS = 0.1, ("/tmp", "work/sub dir", "rel")
+_KEEP_SHARE, _KEEP_S = 0.1, (3600.0, 7200.0)  # past any clock step of a run: never forgotten in one
 _CATCH_UP_EVERY_S = 3.0
 _CATCH_UP_SLACK_S = 1.0
 
@@ -104,6 +118,8 @@ class JobModelMixin:
 
     def _init_job_model(self, rng) -> None:
         self.model_rng = rng
+        # Env, cwd, keep: a stream seeded without advancing `rng` (a str seed is hashed by SHA-512: the same in every process).
+        self.model_spec_rng = random.Random(str(rng.getstate()[1][:16]))
         self.model_submits: dict[int, Submit] = {}
         self.model_delay: dict[int, float] = {}  # job number -> --delay
         self.model_at: dict[int, float] = {}  # job number -> --at offset from the client's clock
@@ -116,7 +132,7 @@ class JobModelMixin:
             "priority", "wide", "arrays", "array_elements", "array_cap_checks", "retries", "backoff", "fail_once", "delay", "at", "dependents", "same_home_dependencies",
             "other_home_dependencies", "array_dependencies", "retried_tries", "dependency_cancelled", "failed", "done_after_retry",
             "early_dependent_starts", "delayed_starts_checked", "dependent_starts_checked", "clock_catch_ups",
-            "jobs_run_more_than_their_tries"), 0)
+            "jobs_run_more_than_their_tries", "env", "cwd", "keep", "env_cwd_starts_checked"), 0)
 
     def _draw_model(self, n: int) -> None:
         """Options for job `n`, all but its dependencies (drawn when it is
@@ -155,7 +171,20 @@ class JobModelMixin:
         m["priority"] += priority != 0
         m["wide"] += slots > 1
         self.specs[n] = replace(spec, command=" ".join(words), priority=priority, retries=retries, backoff_s=backoff,
-                                slots=slots)
+                                slots=slots, **self._draw_env_cwd_keep())
+
+    def _draw_env_cwd_keep(self) -> dict:
+        rng, m, out = self.model_spec_rng, self.model, {}
+        if rng.random() < _ENV_SHARE:
+            out["env"] = tuple((f"PJ_{i}", f"v {rng.randrange(1000)}=x") for i in range(rng.randint(1, _ENV_ENTRIES_MAX)))
+            m["env"] += 1
+        if rng.random() < _CWD_SHARE:
+            out["cwd"] = rng.choice(_CWDS)
+            m["cwd"] += 1
+        if rng.random() < _KEEP_SHARE:
+            out["keep_s"] = round(rng.uniform(*_KEEP_S), 3)
+            m["keep"] += 1
+        return out
 
     def _model_submit(self, n: int, peer: _Peer) -> Submit:
         """Job `n`'s SUBMIT, the same every time it is sent again."""

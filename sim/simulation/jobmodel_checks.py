@@ -45,6 +45,10 @@ class JobModelChecksMixin:
         if (start.spec.priority, start.spec.slots) != (spec.priority, spec.slots):
             raise InvariantViolation(f"{peer.name}: started {job_id} at priority {start.spec.priority} on "
                                      f"{start.spec.slots} slots, submitted at {spec.priority} on {spec.slots}")
+        if (start.spec.env, start.spec.cwd) != (spec.env, spec.cwd):
+            raise InvariantViolation(f"{peer.name}: started {job_id} with env {start.spec.env} in "
+                                     f"{start.spec.cwd!r}, submitted with env {spec.env} in {spec.cwd!r}")
+        self.model["env_cwd_starts_checked"] += bool(spec.env or spec.cwd)
         self.model_width[job_id] = spec.slots
         width = sum(self.model_width[j] for j in peer.jobs)
         if width > peer.core.slots:
@@ -147,6 +151,9 @@ class JobModelChecksMixin:
             what = f"{job_id} ({rec.state.value} try {rec.tries}/{spec.tries} attempt {rec.attempt} " \
                    f"reason {rec.reason}; retries {spec.retries}, fail-attempts {fail:g}, after {list(spec.after)}, " \
                    f"after-any {list(spec.after_any)})"
+            if rec.spec.keep_s != spec.keep_s:
+                raise InvariantViolation(f"{what}: its record keeps it {rec.spec.keep_s} s, submitted --keep "
+                                         f"{spec.keep_s}")
             if rec.tries > spec.tries:
                 raise InvariantViolation(f"{what}: more tries than its retries allow")
             if rec.state is JobState.FAILED and rec.tries != spec.tries:
