@@ -1250,4 +1250,4 @@ def test_retention_counts_from_the_homes_clock_not_the_executors():
     h.tick(1.0)
     assert status(h, job).startswith(f"OK {job} done")
     h.tick(59.5)
-    assert status(h, job).startswith(f"ERR not-found")
+    assert status(h, job).startswith("ERR not-found")
