@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 
 from sim.checker_jobmodel import (  # noqa: F401
     JobOptions,
+    array_elements,
     expected_states,
+    judge_array,
     judge_options,
     output_times,
     tries_of,
@@ -164,9 +166,11 @@ def check(
         if n > 1:
             dup.add(job_id)
 
-    # Jobs that exist without an acknowledgement.
+    # Jobs that exist without an acknowledgement (an acked array's elements are judged with it).
+    elements = {e for job_id, subs in acked_by_id.items() if (options or {}).get(subs[0].tag) is not None
+                and options[subs[0].tag].array is not None for e in array_elements(job_id, options[subs[0].tag])}
     extras = sorted(
-        (set(observed) | set(seen)) - set(acked_by_id),
+        (set(observed) | set(seen)) - set(acked_by_id) - elements,
         key=lambda j: (home_of(j), int(j.rpartition("-")[2]) if j.rpartition("-")[2].isdigit() else 0),
     )
     if tagged:
@@ -209,6 +213,12 @@ def _judge_acked(v: Verdict, acked_by_id: dict[str, list[Submission]], observed:
             dup.add(job_id)  # one id promised to two submissions
         obs = observed.get(job_id)
         opts = options.get(subs[0].tag)
+        if opts is not None and opts.array is not None:
+            lost, model = judge_array(job_id, subs[0].tag, opts, observed, timing, counts)
+            v.lost += lost
+            lost_states.update("missing" if x.endswith(" missing") else "element" for x in lost)
+            v.model += model
+            continue
         expected = done_states if opts is None else expected_states(opts, observed)
         if obs is None or obs.state not in expected:
             v.lost.append(job_id if obs is None or opts is None else f"{job_id} {obs.state} (expected "

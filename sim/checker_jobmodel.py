@@ -33,6 +33,45 @@ class JobOptions:
     after: tuple[str, ...] = ()
     after_any: tuple[str, ...] = ()
     env: str | None = None  # --env PJ_TAG=<env>: the job prints `env=<its value>`
+    array: tuple[int, int, int] | None = None  # --array A-B%M: (A, B, M; 0: no cap); its elements `<id>.<i>`
+
+
+def array_elements(job_id: str, opts: JobOptions) -> list[str]:
+    first, last, _ = opts.array
+    return [f"{job_id}.{i}" for i in range(first, last + 1)]
+
+
+def judge_array(job_id: str, tag: int, opts: JobOptions, observed: dict[str, Observed], timing: bool,
+                counts: Counter) -> tuple[list[str], list[str]]:
+    """An acknowledged array: (its elements missing or not done, model
+    violations). Each element is one job printing the array's tag, done once
+    (a re-execution shows as its attempt); with `%M`, no more than M of them
+    ran at once (from the start and end times they printed)."""
+    from sim.checker import output_tag
+
+    lost, out, spans = [], [], []
+    for element in array_elements(job_id, opts):
+        obs = observed.get(element)
+        if obs is None or obs.state != "done":
+            lost.append(f"{element} {obs.state if obs else 'missing'} (an element of array {job_id})")
+            continue
+        counts["array_elements"] += 1
+        if output_tag(obs.output) != tag:
+            out.append(f"{element} printed tag {output_tag(obs.output)}, its array {job_id} was submitted as {tag}")
+        start, end = output_times(obs.output)
+        if start is not None and end is not None:
+            spans.append((start, end))
+    parent = observed.get(job_id)
+    if parent is not None and parent.state != ("done" if not lost else parent.state):
+        out.append(f"array {job_id} shows {parent.state}, its elements all ended done")
+    cap = opts.array[2]
+    if cap and timing and spans:
+        counts["array_cap_checked"] += 1
+        # The most spans overlapping at once: at each start, those begun and not yet ended.
+        most = max(sum(1 for s, e in spans if s <= start < e - TIME_SLACK_S) for start, _ in spans)
+        if most > cap:
+            out.append(f"array {job_id} (%{cap}) ran {most} elements at once (their printed start and end times)")
+    return lost, out
 
 
 def output_times(output: bytes | None) -> tuple[float | None, float | None]:

@@ -188,6 +188,33 @@ def test_job_model_env_is_checked_in_the_output(tmp_path):
         assert f"--env PJ_TAG={model.options[tag].env} " in lines[tag] and "echo env=$PJ_TAG;" in lines[tag]
 
 
+def test_job_model_arrays_are_judged_by_element():
+    """An acknowledged array's elements `<id>.<i>` each print the array's
+    tag: judged once each (not as duplicates of one another), every one done,
+    and with `%M` no more than M ran at once (their printed times)."""
+    JO = checker.JobOptions
+    options = {0: JO(array=(0, 2, 2)), 1: JO(array=(0, 1, 0)), 2: JO(array=(0, 2, 2))}
+    observed = {
+        "p1-1": Observed("p1-1", "done"), "p1-2": Observed("p1-2", "done"), "p1-3": Observed("p1-3", "done"),
+        "p1-1.0": _ran("p1-1.0", 0, 10.0, 10.5), "p1-1.1": _ran("p1-1.1", 0, 10.1, 10.6),
+        "p1-1.2": _ran("p1-1.2", 0, 10.5, 10.7),  # starts as p1-1.0 ends: two at once, within its cap
+        "p1-2.0": _ran("p1-2.0", 1, 10.0, 10.5), "p1-2.1": _ran("p1-2.1", 1, 10.0, 10.5),
+        "p1-3.0": _ran("p1-3.0", 2, 10.0, 10.5), "p1-3.1": _ran("p1-3.1", 2, 10.1, 10.5),
+        "p1-3.2": _ran("p1-3.2", 2, 10.2, 10.5),
+    }
+    listed = {"p1": list(observed)}
+    subs = [Submission(tag, "p1", ACKED, f"p1-{tag + 1}") for tag in options]
+    v = checker.check(subs, observed, listed, tagged=True, options=options)
+    assert not v.duplicated and not v.unexpected and not v.lost and not v.mismatched, v.summary()
+    assert v.model == ["array p1-3 (%2) ran 3 elements at once (their printed start and end times)"], v.model
+    assert v.model_counts == {"array_cap_checked": 2, "array_elements": 8}, v.model_counts
+    del observed["p1-2.1"]
+    observed["p1-1.1"] = _ran("p1-1.1", 1, 10.1, 10.6)  # another array's tag
+    v = checker.check(subs, observed, listed, tagged=True, options=options)
+    assert v.lost == ["p1-2.1 missing (an element of array p1-2)"], v.lost
+    assert any("p1-1.1 printed tag 1" in m for m in v.model), v.model
+
+
 # ---------------------------------------------------------------------------
 # A short real run
 

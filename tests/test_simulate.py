@@ -169,6 +169,8 @@ def _model_check(report: sim.Report) -> None:
     assert m["retried_tries"] > 0 and m["failed"] > 0 and m["dependency_cancelled"] > 0, m
     assert m["delayed_starts_checked"] > 0 and m["dependent_starts_checked"] > 0, m
     assert m["env"] and m["cwd"] and m["keep"] and m["env_cwd_starts_checked"], m
+    assert m["short_keep"] and m["forgotten_checked"], m  # short --keep: forgotten within the run, and checked when
+    assert m["periodic_runs"] and m["periodic_cancels"] == m["periodic"] and m["periodic_dues_checked"], m
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -290,3 +292,56 @@ def test_checker_catches_an_environment_lost_on_the_way_to_the_runner(monkeypatc
 
     reports = _planted(monkeypatch, running, "StartJob", start_without_env, seeds=(1,))
     assert not reports[0].ok and "submitted with env" in reports[0].failure, reports[0].failure
+
+
+def test_checker_catches_a_short_keep_forgotten_early(monkeypatch):
+    """A short --keep (0.5-2 s) is forgotten within the run, no earlier than
+    --keep after the record became final on its home's clock."""
+    from executor.core.schedule import ScheduleMixin
+
+    original = ScheduleMixin._became_final_id
+
+    def counted_from_long_ago(self, job_id, state, end, keep_s):
+        original(self, job_id, state, end - 1.0, keep_s)
+
+    reports = _planted(monkeypatch, ScheduleMixin, "_became_final_id", counted_from_long_ago, seeds=(1,))
+    assert not reports[0].ok and "after it became final" in reports[0].failure, reports[0].failure
+
+
+def test_checker_catches_periodic_runs_sharing_a_due_time(monkeypatch):
+    from executor.core.parents import ParentsMixin
+    from executor.core.spec import Submit
+
+    original = ParentsMixin._make_children
+
+    def due_kept(self, parent):
+        if not parent.periodic or parent.cancelled:
+            return original(self, parent)
+        if parent.due_at is not None and parent.due_at <= self._wall:
+            self._make_child(parent, Submit(parent.spec))  # and its due time left as it was: made again next tick
+            self._put_parent(parent)
+
+    reports = _planted(monkeypatch, ParentsMixin, "_make_children", due_kept, seeds=(1,))
+    assert not reports[0].ok and "not after the previous run" in reports[0].failure, reports[0].failure
+
+
+def test_checker_catches_a_periodic_job_running_on_after_its_cancel(monkeypatch):
+    from executor.core.parents import ParentsMixin
+
+    original = ParentsMixin._make_children
+
+    def despite_cancel(self, parent):
+        cancelled, parent.cancelled = parent.cancelled, False
+        try:
+            original(self, parent)
+        finally:
+            parent.cancelled = cancelled
+
+    def tick_all(self):
+        for parent in list(self.parents.values()):
+            if parent.periodic:
+                despite_cancel(self, parent)
+
+    monkeypatch.setattr(ParentsMixin, "_tick_parents", tick_all)
+    reports = _planted(monkeypatch, ParentsMixin, "_make_children", despite_cancel, seeds=(1,))
+    assert not reports[0].ok and "after the batch of its CANCEL" in reports[0].failure, reports[0].failure

@@ -136,6 +136,7 @@ class JobRecord:
     tries: int = 1  # which try this is (1 .. spec.retries + 1)
     due_at: float | None = None  # wall time a SCHEDULED job becomes QUEUED
     met: tuple[str, ...] = ()  # dependencies met while others were not (WAITING)
+    final_at: float | None = None  # when this home made it final, on its clock (retention counts from it)
 
     def apply(self, event: JobEvent) -> None:
         self.state = next_state(self.state, event)
@@ -149,7 +150,7 @@ class JobRecord:
             "e": self.exit_code, "r": self.reason, "ts": self.started_at,
             "tf": self.finished_at, "no": self.stdout_bytes, "ne": self.stderr_bytes,
             "tr": self.truncated,
-        } | _options(spec, self.tries, self.due_at, self.met)
+        } | _options(spec, self.tries, self.due_at, self.met, self.final_at)
 
     @classmethod
     def from_wire(cls, d: dict) -> JobRecord:
@@ -159,7 +160,7 @@ class JobRecord:
         return cls(
             d["id"], spec_from_wire(intern(d["k"]), d["c"], d["ms"], d["to"], d.get("o")), d["t"], _STATE_OF[d["s"]],
             d["a"], d["f"], d["mv"], intern(d["x"]), d["e"], d["r"], d["ts"], d["tf"], d["no"], d["ne"], d["tr"],
-            d.get("try", 1), d.get("due"), tuple(d.get("met", ())),
+            d.get("try", 1), d.get("due"), tuple(d.get("met", ())), d.get("fa"),
         )
 
 
@@ -182,7 +183,7 @@ class HeldJob:
             "id": self.job_id, "h": self.home, "k": spec.kind, "c": spec.command,
             "ms": spec.sleep_ms, "to": spec.timeout_s, "a": self.attempt,
             "mv": self.moves, "t": self.submitted_at, "run": self.running,
-        } | _options(spec, 1, None, ())
+        } | _options(spec, 1, None, (), None)
 
     @classmethod
     def from_wire(cls, d: dict) -> HeldJob:
@@ -190,7 +191,8 @@ class HeldJob:
                    d["a"], d["mv"], d["t"], d["run"])
 
 
-def _options(spec: JobSpec, tries: int, due_at: float | None, met: tuple[str, ...]) -> dict:
+def _options(spec: JobSpec, tries: int, due_at: float | None, met: tuple[str, ...],
+             final_at: float | None) -> dict:
     """The keys a plain job does without: its stored bytes stay as they were."""
     out = {}
     options = spec.options_wire()
@@ -202,4 +204,6 @@ def _options(spec: JobSpec, tries: int, due_at: float | None, met: tuple[str, ..
         out["due"] = due_at
     if met:
         out["met"] = list(met)
+    if final_at is not None:
+        out["fa"] = final_at
     return out

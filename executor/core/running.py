@@ -126,7 +126,8 @@ class RunningMixin:
         record.exit_code = result.exit_code
         record.reason = None if succeeded else (result.reason or "nonzero-exit")
         record.started_at = result.started_at
-        record.finished_at = result.finished_at
+        record.finished_at = result.finished_at  # the executor's clock, for display
+        record.final_at = self._wall  # this home's: retention counts from it
         record.stdout_bytes = len(result.stdout)
         record.stderr_bytes = len(result.stderr)
         record.truncated = result.truncated

@@ -215,7 +215,7 @@ class ScheduleMixin:
         """Make a live record CANCELLED (by a client, or a dependency), and
         stop it wherever it is."""
         record.apply(JobEvent.CANCEL)
-        record.finished_at = self._wall
+        record.finished_at = record.final_at = self._wall
         record.reason = reason
         self.counters.cancelled += 1
         self._put_record(record)
@@ -237,9 +237,10 @@ class ScheduleMixin:
                     del self.dependents[dep]  # nothing waits for it any more: stop asking
         if parent_of(record.job_id) is not None:
             self._child_final(record)
-        # Retention counts from now on this peer's clock: `finished_at` is
-        # the executor's, which may be far behind (forgotten at once) or ahead.
-        self._became_final_id(record.job_id, record.state.value, self._wall, record.spec.keep_s)
+        # Retention counts from when this home made it final, on its own
+        # clock: `finished_at` is the executor's, which may be far behind
+        # (forgotten at once) or ahead.
+        self._became_final_id(record.job_id, record.state.value, record.final_at or self._wall, record.spec.keep_s)
 
     def _became_final_id(self, job_id: str, state: str, end: float, keep_s: float | None) -> None:
         """A job or a parent (executor/core/parents.py) is final at `end`."""
@@ -281,8 +282,7 @@ class ScheduleMixin:
             elif record.state is JobState.WAITING:
                 self._wait_for(record)
             elif record.state.final:
-                # (No later than now: an executor's clock may have been ahead.)
-                end = min(record.finished_at if record.finished_at is not None else record.submitted_at, self._wall)
+                end = record.final_at if record.final_at is not None else record.submitted_at
                 self._became_final_id(record.job_id, record.state.value, end, record.spec.keep_s)
 
     def _validate_schedule(self) -> None:

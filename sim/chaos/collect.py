@@ -14,6 +14,7 @@ import trio
 from sim import checker
 from sim.chaos.procs import _CONN_ERRORS, ProcessCluster, _say, request_many
 from sim.chaos.workload import Record, Workload
+from sim.checker_jobmodel import array_elements
 
 
 async def _states(cluster: ProcessCluster, ids: list[str], verb: str = "STATUS", *,
@@ -115,6 +116,12 @@ async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[
                                                        int(s.job_id.rpartition("-")[2]))
     observed: dict[str, checker.Observed] = {}
     listed: dict[str, list[str]] = {}
+    elements: dict[str, list[str]] = defaultdict(list)  # (--job-model) home -> elements of its acked arrays
+    options = wl.model.options if wl.model is not None else {}
+    for s in rec.submissions:
+        opts = options.get(s.tag)
+        if s.job_id and opts is not None and opts.array is not None:
+            elements[checker.home_of(s.job_id)] += array_elements(s.job_id, opts)
     for peer in cluster.peers:
         issued = acked_max[peer.name]
         for _ in range(3):
@@ -133,7 +140,7 @@ async def _collect(cluster: ProcessCluster, rec: Record, wl: Workload) -> tuple[
             issued = max(issued, int(stats.get("issued", 0)))
         if probe[1][0] == "ok":
             listed[peer.name] = [line.split(" ", 1)[0] for line in probe[1][1]]
-        ids = [f"{peer.name}-{k}" for k in range(1, issued + 1)]
+        ids = [f"{peer.name}-{k}" for k in range(1, issued + 1)] + elements[peer.name]
         statuses = await _states_retrying(cluster, ids, "STATUS")
         results = await _states_retrying(cluster, [j for j in ids if _state_of(statuses.get(j, ("err",))) in
                                                    ("done", "failed", "cancelled")], "RESULT")

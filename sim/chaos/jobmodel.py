@@ -40,6 +40,9 @@ _DELAY_SHARE, _DELAY_S = 0.15, (0.3, 2.0)
 _DEPENDENT_SHARE, _DEPENDENCIES_MAX, _AFTEROK_SHARE = 0.3, 2, 0.7
 _RECENT = 30  # dependencies among the latest acknowledged jobs: many not final yet
 _ENV_SHARE, _ENV_NAME = 0.2, "PJ_TAG"
+# Arrays (`--array 0-B[%2]`, 2-4 elements, half capped), among the jobs with
+# no other option: each element prints the array's tag and its times.
+_ARRAY_SHARE, _ARRAY_MORE, _ARRAY_CAP = 0.08, (1, 3), 2
 
 
 class ChaosJobModel:
@@ -51,8 +54,10 @@ class ChaosJobModel:
         self.options: dict[int, JobOptions] = {}
         self.acked_ids: list[str] = []
 
-    def acked(self, job_id: str) -> None:
-        self.acked_ids.append(job_id)
+    def acked(self, job_id: str, tag: int | None = None) -> None:
+        opts = self.options.get(tag)
+        if opts is None or opts.array is None:  # (an array is no one's dependency here)
+            self.acked_ids.append(job_id)
 
     def line(self, tag: int) -> str:
         """The SUBMIT line of `tag`, the same every time it is sent."""
@@ -95,7 +100,12 @@ class ChaosJobModel:
             env = f"v{tag}-{rng.randrange(10 ** 6)}"
             words += ["--env", f"{_ENV_NAME}={env}"]
             body = f"echo env=${_ENV_NAME}; {body}"
-        self.options[tag] = JobOptions(priority, retries, fails, delay, tuple(after), tuple(after_any), env)
+        array = None
+        plain = not (words or body or fails)
+        if rng.random() < _ARRAY_SHARE and plain:  # (drawn last, as env)
+            array = (0, rng.randint(*_ARRAY_MORE), _ARRAY_CAP if rng.random() < 0.5 else 0)
+            words += ["--array", f"{array[0]}-{array[1]}" + (f"%{array[2]}" if array[2] else "")]
+        self.options[tag] = JobOptions(priority, retries, fails, delay, tuple(after), tuple(after_any), env, array)
         command = f"echo s=$(date +%s.%N); {body}echo e=$(date +%s.%N); echo {tag}" + ("; exit 4" if fails else "")
         return "SUBMIT " + " ".join(words + ["--", command])
 
@@ -108,4 +118,5 @@ class ChaosJobModel:
             "delay": sum(1 for o in opts if o.delay_s is not None),
             "dependents": sum(1 for o in opts if o.after or o.after_any),
             "env": sum(1 for o in opts if o.env is not None),
+            "arrays": sum(1 for o in opts if o.array is not None),
         }

@@ -206,7 +206,7 @@ def _take_reply(reply, tag: int, t_sent: float, peer: PeerProc, wl: Workload, re
     if reply.ok:
         rec.submissions.append(checker.Submission(tag, peer.name, checker.ACKED, reply.text.strip()))
         if wl.model is not None:
-            wl.model.acked(reply.text.strip())
+            wl.model.acked(reply.text.strip(), tag)
         rec.latencies.append(now - t_sent)
         rec.last_ack = now
     elif reply.code == "busy":

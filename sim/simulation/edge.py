@@ -32,6 +32,8 @@ class EdgeMixin:
         if self.opts.hash_trace:
             self.hash.update(f"{now!r} {peer.idx} {_digest(event)}\n".encode())
         writes, actions = core.take()
+        if self.opts.job_model:
+            self._model_writes(peer, writes)
 
         def at_once(action) -> None:
             kind = type(action)

@@ -72,7 +72,10 @@ class FaultsMixin:
         peer.pending_writes, peer.pending_actions = [], []
         for n in peer.clients.values():  # their connections broke: try again
             self.report.submit_retries += 1
-            self._push(self.now + self.client_rng.uniform(0.05, 0.2), _SUBMIT, n)
+            if type(n) is tuple:  # (--job-model) a CANCEL: (job number, verb)
+                self._push(self.now + self.client_rng.uniform(0.05, 0.2), _SUBMIT, *n)
+            else:
+                self._push(self.now + self.client_rng.uniform(0.05, 0.2), _SUBMIT, n)
         peer.clients = {}
         for link in self.links_from[peer.idx]:
             link.epoch += 1

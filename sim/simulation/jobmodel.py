@@ -98,10 +98,18 @@ _RECENT = 40  # dependencies are drawn among the latest acknowledged jobs: many 
 _ENV_SHARE, _ENV_ENTRIES_MAX = 0.2, 3
 _CWD_SHARE, _CWDS = 0.1, ("/tmp", "work/sub dir", "rel")
 _KEEP_SHARE, _KEEP_S = 0.1, (3600.0, 7200.0)  # past any clock step of a run: never forgotten in one
+# Half the kept jobs that are no array keep 0.5-2 s: forgotten within the run.
+# Nothing depends on them (a forgotten dependency is `dependency-not-found`).
+_SHORT_KEEP_SHARE, _SHORT_KEEP_S = 0.5, (0.5, 2.0)
+# Periodic jobs (`--every S`; no array, due time, dependency or short keep):
+# cancelled after a few periods. S from the product's floor (EVERY_MIN_S, 1 s).
+_PERIODIC_SHARE, _EVERY_S = 0.04, (1.0, 2.0)
+_CANCEL_AFTER_PERIODS = (2.5, 4.5)
 _CATCH_UP_EVERY_S = 3.0
 _CATCH_UP_SLACK_S = 1.0
 
 _FAIL, _DELAY, _AT = "fail-attempts", "delay", "at"
+_CANCEL_VERB = "cancel"  # a _SUBMIT heap entry (and a client's token) for a CANCEL, not a SUBMIT
 
 
 def markers(command: str) -> dict[str, float]:
@@ -132,7 +140,18 @@ class JobModelMixin:
             "priority", "wide", "arrays", "array_elements", "array_cap_checks", "retries", "backoff", "fail_once", "delay", "at", "dependents", "same_home_dependencies",
             "other_home_dependencies", "array_dependencies", "retried_tries", "dependency_cancelled", "failed", "done_after_retry",
             "early_dependent_starts", "delayed_starts_checked", "dependent_starts_checked", "clock_catch_ups",
-            "jobs_run_more_than_their_tries", "env", "cwd", "keep", "env_cwd_starts_checked"), 0)
+            "jobs_run_more_than_their_tries", "env", "cwd", "keep", "env_cwd_starts_checked", "short_keep", "forgotten_checked",
+            "forgotten_after_restart", "periodic", "periodic_runs",
+            "periodic_cancels", "periodic_dues_checked"), 0)
+        self.model_every: dict[int, float] = {}  # job number -> --every
+        self.model_runs: dict[str, list[str]] = {}  # periodic job -> its runs (children) seen durable
+        self.model_cancelled_next: dict[str, int] = {}  # periodic job -> its next run's index at its CANCEL's ack
+        self.model_run_due: dict[str, float] = {}  # run -> the due time it was made for (the home's wall clock)
+        self.model_periodic_seen: dict[str, tuple[int, int, float]] = {}  # periodic job -> (epoch, next, due)
+        # (Short --keep) job id -> its home's wall clock in the step that made
+        # its record final (the core's `_wall` there: its expiry counts from it).
+        self.model_final_wall: dict[str, tuple[float, int]] = {}  # (and the home's life then: its epoch)
+        self.model_final_unacked: dict[str, tuple[float, int]] = {}  # the same, for a record final before its ack
 
     def _draw_model(self, n: int) -> None:
         """Options for job `n`, all but its dependencies (drawn when it is
@@ -170,10 +189,18 @@ class JobModelMixin:
         slots = 2 if self.opts.slots >= 2 and rng.random() < _WIDE_SHARE else 1
         m["priority"] += priority != 0
         m["wide"] += slots > 1
+        extra = self._draw_env_cwd_keep(n not in self.model_arrays)
         self.specs[n] = replace(spec, command=" ".join(words), priority=priority, retries=retries, backoff_s=backoff,
-                                slots=slots, **self._draw_env_cwd_keep())
+                                slots=slots, **extra)
+        spec_rng = self.model_spec_rng  # (drawn last from its stream: every earlier draw is as before)
+        if spec_rng.random() < _PERIODIC_SHARE and not self._model_short_keep(n) and all(
+                n not in d for d in (self.model_arrays, self.model_delay, self.model_at)):
+            self.model_every[n] = round(spec_rng.uniform(*_EVERY_S), 3)
+            self.final_target -= 1  # it has no record of its own; its runs count as they appear
+            self.model_periodic_open += 1
+            m["periodic"] += 1
 
-    def _draw_env_cwd_keep(self) -> dict:
+    def _draw_env_cwd_keep(self, short_ok: bool) -> dict:
         rng, m, out = self.model_spec_rng, self.model, {}
         if rng.random() < _ENV_SHARE:
             out["env"] = tuple((f"PJ_{i}", f"v {rng.randrange(1000)}=x") for i in range(rng.randint(1, _ENV_ENTRIES_MAX)))
@@ -182,8 +209,10 @@ class JobModelMixin:
             out["cwd"] = rng.choice(_CWDS)
             m["cwd"] += 1
         if rng.random() < _KEEP_SHARE:
-            out["keep_s"] = round(rng.uniform(*_KEEP_S), 3)
+            short = rng.random() < _SHORT_KEEP_SHARE and short_ok
+            out["keep_s"] = round(rng.uniform(*(_SHORT_KEEP_S if short else _KEEP_S)), 3)
             m["keep"] += 1
+            m["short_keep"] += short
         return out
 
     def _model_submit(self, n: int, peer: _Peer) -> Submit:
@@ -193,7 +222,7 @@ class JobModelMixin:
             return command
         rng, spec = self.model_rng, self.specs[n]
         after, after_any = [], []
-        if rng.random() < _DEPENDENT_SHARE and self.model_acked:
+        if rng.random() < _DEPENDENT_SHARE and self.model_acked and n not in self.model_every:
             pool = self.model_acked_by_home.get(peer.idx, ())
             if not pool or rng.random() >= _SAME_HOME_SHARE:
                 pool = self.model_acked
@@ -210,15 +239,20 @@ class JobModelMixin:
         if at is not None:
             at = _WALL_EPOCH_S + self.now + at  # the client's clock: the epoch, unskewed
             spec = self.specs[n] = replace(spec, command=f"{spec.command} {_AT}={at!r}".strip())
-        command = self.model_submits[n] = Submit(spec, self.model_delay.get(n), at, self.model_arrays.get(n))
+        command = self.model_submits[n] = Submit(spec, self.model_delay.get(n), at, self.model_arrays.get(n),
+                                                 self.model_every.get(n))
         return command
 
     def _model_acked(self, job_id: str, home: int) -> bool:
         """A submission acknowledged; True for an array (its record is a
         parent, g/, with its elements: they are acknowledged with it)."""
-        self.model_acked.append(job_id)
-        self.model_acked_by_home.setdefault(home, []).append(job_id)
         n = self.acked[job_id]
+        if not self._model_short_keep(n) and n not in self.model_every:
+            # (Nothing depends on a job forgotten within the run, nor on a periodic one.)
+            self.model_acked.append(job_id)
+            self.model_acked_by_home.setdefault(home, []).append(job_id)
+        if n in self.model_every:
+            return self._model_periodic_acked(job_id, n, self.peers[home])
         array = self.model_arrays.get(n)
         if array is None:
             return False
@@ -256,6 +290,8 @@ class JobModelMixin:
         done = 0
         for job_id in self.acked_job.values():
             ids = self._model_elements(job_id) if job_id in self.model_parent else (job_id,)
+            if job_id in self.model_periodic:
+                ids = self.model_runs[job_id] if job_id in self.model_cancelled_next else (job_id,)
             done += all(j in self.final for j in ids)
         return done
 

@@ -140,8 +140,9 @@ class JobModelChecksMixin:
             if shown is None or not shown.final or shown.state != expected.value:
                 raise InvariantViolation(f"array {parent}: its elements ended {[st.value for st in ends]}, its home "
                                          f"{home.name} shows it {shown.state if shown else 'unknown'}")
+        self._model_periodic_verdict()
         for job_id, n in self.acked.items():
-            if job_id in self.model_parent:
+            if job_id in self.model_parent or job_id in self.model_periodic:
                 continue
             spec, rec = self.specs[n], states[job_id]
             fail = markers(spec.command).get(_FAIL, 0) if spec.command else 0
@@ -168,6 +169,8 @@ class JobModelChecksMixin:
                                              f"{states[bad[0]].state.value}, so it must be cancelled dependency-failed")
                 m["dependency_cancelled"] += 1
                 continue
+            if rec.state is JobState.CANCELLED and rec.reason == "cancelled" and parent_of(job_id) in self.model_periodic:
+                continue  # a periodic job's live run, cancelled with it
             if rec.state is JobState.CANCELLED:
                 raise InvariantViolation(f"{what}: cancelled, but nobody cancels and its dependencies succeeded")
             if rec.state is JobState.DONE:

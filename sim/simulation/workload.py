@@ -82,6 +82,9 @@ class WorkloadMixin:
         n = peer.clients.pop(reply.token, None)
         if n is None:
             raise InvariantViolation(f"{peer.name}: reply for a request it never got: {reply!r}")
+        if type(n) is tuple:  # (--job-model) a periodic job's CANCEL
+            self._model_cancel_reply(peer, n[0], reply)
+            return
         data = reply.data if type(reply) is Reply else read_result(peer.store, reply.job_id)
         if not data.startswith(b"OK "):
             self.report.submit_retries += 1

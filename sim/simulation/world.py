@@ -49,13 +49,14 @@ from sim.simulation.faults import FaultsMixin
 from sim.simulation.invariants import InvariantsMixin
 from sim.simulation.jobmodel import JobModelMixin
 from sim.simulation.jobmodel_checks import JobModelChecksMixin
+from sim.simulation.jobmodel_periodic import JobModelPeriodicMixin
 from sim.simulation.network import NetworkMixin, _Link
 from sim.simulation.report import MeasureMixin, Report
 from sim.simulation.workload import WorkloadMixin
 
 
 class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, InvariantsMixin, JobModelMixin, JobModelChecksMixin,
-                 MeasureMixin):
+                 JobModelPeriodicMixin, MeasureMixin):
     def __init__(self, opts: Options, config: Config | None = None, out=None) -> None:
         self.opts = opts
         self.config = config or Config.simulation()
@@ -74,7 +75,9 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         self.nemesis_rng = random.Random(master.getrandbits(64))
         self.model_started: list[int] = []
         self.model_parent: dict[str, int] = {}  # (--job-model) acknowledged arrays -> their job number
-        self.final_target = opts.jobs  # records that end final: a job each, an array's elements
+        self.final_target = opts.jobs  # records that end final: a job each, an array's elements, periodic runs
+        self.model_periodic: dict[str, int] = {}  # (--job-model) acknowledged periodic jobs -> their job number
+        self.model_periodic_open = 0  # (--job-model) periodic jobs whose CANCEL is not acknowledged yet
         if opts.job_model:  # drawn after every other stream: theirs stay as they were
             self._init_job_model(random.Random(master.getrandbits(64)))
         self.heap: list = []
@@ -186,7 +189,8 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
                         self._step(peer, JobExited(job_id, attempt, code, reason))
             else:
                 self._handle_control(kind, a, b)
-            if self.converged_at is None and not self.fault_phase and len(self.final) == self.final_target:
+            if self.converged_at is None and not self.fault_phase and len(self.final) == self.final_target \
+                    and not self.model_periodic_open:
                 self.converged_at = self.now
                 break
         if self.converged_at is None:
@@ -221,7 +225,10 @@ class Simulation(EdgeMixin, WorkloadMixin, NetworkMixin, FaultsMixin, Invariants
         """The entries that belong to no one peer's edge: clients, the
         sampler, restarts and the nemeses."""
         if kind == _SUBMIT:
-            self._submit(a)
+            if b is None:
+                self._submit(a)
+            else:
+                self._model_cancel(a)  # (--job-model) a periodic job's CANCEL
         elif kind == _SAMPLE:
             self._sample()
         elif kind == _RESTART:
