@@ -158,7 +158,8 @@ def test_a_power_cut_loses_nothing_acknowledged(fs, peer):
 @pytest.mark.xfail(strict=True, raises=(ConnectionError, OSError, AssertionError), reason=(
     "LevelDB (plyvel 1.5, LevelDB 1.22) mmaps its table files (up to 1000 on 64-bit) and reads them through "
     "the mapping: an EIO on a table page kills the peer with SIGBUS (exit -7, no log line) instead of answering "
-    "ERR storage. Reported to the lead; remove this mark when the peer serves on."))
+    "ERR storage. Reported to the lead; remove this mark when the peer serves on. (A run whose read never reaches "
+    "the fault, served from table pages mapped during the recovery, fails its own assertion: it proves nothing.)"))
 def test_an_io_error_on_read_answers_err_storage_and_the_peer_serves_on(fs, peer):
     """A finished job's result lives in a LevelDB table after a restart (the
     recovery turns the log into a table); reads of the tables then fail with
@@ -174,11 +175,17 @@ def test_an_io_error_on_read_answers_err_storage_and_the_peer_serves_on(fs, peer
     fs.fail("read", "data-d1/leveldb/*.ldb")
     fs.drop_caches()
     with Client(peer.addr) as c:
-        with pytest.raises(PeerError) as e:
+        try:
             c.result(jobs[-1])
-        assert e.value.code == "storage", e.value
+            refused = None
+        except PeerError as exc:
+            refused = exc
+        # Pages LevelDB mapped during the recovery stay resident through the
+        # cache drop, and a read from them never reaches the fault: then this
+        # run proved nothing, and says so (an expected failure as the SIGBUS).
+        assert fs.stats()["eio"] >= 1, "the read was served from table pages mapped before the fault"
+        assert refused is not None and refused.code == "storage", refused
         assert c.status(jobs[0]).state == "done"  # served from memory: the peer serves on
-    assert fs.stats()["eio"] >= 1  # the read did reach the fault
     assert peer.proc.poll() is None
 
 
