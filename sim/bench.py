@@ -60,23 +60,29 @@ def peer_processes(count: int, *, slots: int = 1, extra: tuple = ()):
             addrs.append(addr)
         yield addrs, procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_peers(procs)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_peers(procs: list) -> None:
+    """SIGTERM every peer process still running (None: never started), then
+    wait for each; one still there after 10 s is killed."""
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for p in live:
+        p.send_signal(signal.SIGTERM)
+    for p in live:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _spawn(cmd: list[str], log_path: str, port: int) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=_ROOT, stdout=log, stderr=log)
     proc.log_path, proc.port = log_path, port
-    _wait_listening(port, proc)
+    wait_listening(port, proc)
     return proc
 
 
@@ -89,17 +95,18 @@ def restart_peer(procs: list[subprocess.Popen], index: int) -> None:
     procs[index] = _spawn(old.args, old.log_path, old.port)
 
 
-def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Until the peer `proc` on loopback `port` accepts connections."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("peer exited during start-up")
+            raise RuntimeError(f"the peer on port {port} exited during start-up (log: {proc.log_path})")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("peer did not start listening")
+    raise RuntimeError(f"the peer on port {port} did not listen within {timeout_s:g} s (log: {proc.log_path})")
 
 
 async def _submitter(addr: str, count: int, in_flight: int, job: str, latencies: list, ids: list) -> None:

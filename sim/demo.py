@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,7 @@ import time
 
 from executor.client import Client
 from executor.client.cli_common import plural
-from sim.bench import free_port, restart_peer
+from sim.bench import free_port, restart_peer, stop_peers, wait_listening
 
 _BAR_WIDTH = 24
 _FRAME_S = 0.5  # between two frames
@@ -59,30 +57,8 @@ def _cluster(count: int, slots: int):
     try:
         yield addrs, procs, start
     finally:
-        live = [p for p in procs if p is not None and p.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
-        for p in live:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_peers(procs)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait_listening(addr: str, proc: subprocess.Popen) -> None:
-    host, port = addr.rsplit(":", 1)
-    deadline = time.monotonic() + _LISTEN_WAIT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the peer at {addr} exited during start-up (log: {proc.log_path})")
-        try:
-            socket.create_connection((host, int(port)), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the peer at {addr} did not listen within {_LISTEN_WAIT_S:g} s")
 
 
 def _self_line(addr: str) -> dict[str, str] | None:
@@ -130,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting p1 on loopback ({args.slots} slots)...", flush=True)
     with _cluster(args.peers, args.slots) as (addrs, procs, start):
         start(0)
-        _wait_listening(addrs[0], procs[0])
+        wait_listening(procs[0].port, procs[0], _LISTEN_WAIT_S)
         with Client(addrs[0]) as c:
             ids = c.submit_many([f"SUBMIT sleep {args.job_s:g}; echo job-{i}" for i in range(args.jobs)])
         expected = {job: f"job-{i}\n".encode() for i, job in enumerate(ids)}

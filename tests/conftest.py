@@ -70,6 +70,18 @@ class CoreHarness:
         return self.step(Tick())
 
 
+def wait_until(predicate, timeout_s: float = 15.0, interval_s: float = 0.05, why=lambda: ""):
+    """Poll `predicate` every `interval_s` until it returns something true,
+    which is returned; past `timeout_s`, AssertionError (with `why()`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s {why()}")
+
+
 def replies(actions) -> list[bytes]:
     return [a.data for a in actions if isinstance(a, Reply)]
 

@@ -13,6 +13,7 @@ import time
 
 
 from executor.client import Client
+from tests.conftest import wait_until
 
 
 def views(peer_procs) -> dict[str, dict[str, str]]:
@@ -27,16 +28,6 @@ def views(peer_procs) -> dict[str, dict[str, str]]:
         except OSError:
             pass
     return out
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 def cluster(peers, n: int, slots: int = 1):

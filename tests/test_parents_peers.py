@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, PeerProcess, processes_under
+from tests.conftest import ROOT, PeerProcess, processes_under, wait_until
 from tests.test_jobmodel_peers import Line, two_peers
 
 ALIVE_WAIT_S = 20.0
@@ -74,14 +74,8 @@ def touch(path) -> None:
         pass
 
 
-def until(predicate, timeout_s: float = 20.0, why=lambda: ""):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"condition not met within {timeout_s}s {why()}")
+def until(predicate, why=lambda: ""):
+    return wait_until(predicate, 20.0, POLL_S, why)
 
 
 def fields(line: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ import trio
 from executor.client import AsyncClient, Client, PeerError
 from executor.client.replies import RESULT, ReplyReader, parse_status, submit_line
 from executor.client.tail import atail, follow_job, is_last, tail, tail_at
-from tests.conftest import ROOT, PeerProcess
+from tests.conftest import ROOT, PeerProcess, wait_until
 
 _GATE_POLLS = 600  # x 0.05 s: a gate never opened ends the wait after 30 s
 
@@ -39,16 +39,6 @@ def gated_job(tmp, name: str) -> tuple[str, str, str]:
 def touch(path: str) -> None:
     with open(path, "w"):
         pass
-
-
-def wait_until(predicate, timeout_s: float = 15.0, interval_s: float = 0.05, why=lambda: ""):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s {why()}")
 
 
 class Raw:
