@@ -175,8 +175,11 @@ class Submit:
 
 def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Submit:
     """SUBMIT's arguments (after the verb) to a `Submit`, or `ClientError`."""
-    if not args.startswith("-"):
-        return Submit(JobSpec("sh", _command(args, command_bytes_max)))  # no options: the common case, kept cheap
+    if not args.startswith("-"):  # no options: the common case, kept cheap
+        problem = text_problem(_command(args, command_bytes_max), "command")
+        if problem is not None:
+            raise ClientError(ErrorCode.BAD_REQUEST, problem)
+        return Submit(JobSpec("sh", args))
     opts: dict = {}
     env: list[tuple[str, str]] = []
     words = args.split(" ")
@@ -234,13 +237,11 @@ def parse_submit(args: str, command_bytes_max: int, timeout_max_s: float) -> Sub
 
 
 def _command(command: str, command_bytes_max: int) -> str:
+    """The command, if there is one and it fits (its text is `spec_problem`'s)."""
     if not command:
         raise ClientError(ErrorCode.BAD_REQUEST, "SUBMIT needs a command, e.g. SUBMIT echo hello")
     if len(command.encode()) > command_bytes_max:
         raise ClientError(ErrorCode.COMMAND_TOO_LONG, f"command is longer than {command_bytes_max} bytes")
-    problem = text_problem(command, "command")
-    if problem is not None:
-        raise ClientError(ErrorCode.BAD_REQUEST, problem)
     return command
 
 
