@@ -136,3 +136,65 @@ async def test_jobs_spread_and_come_home_over_memory_links(autojump_clock, tmp_p
         assert executors == {"n1", "n2", "n3"}
         assert trio.current_time() - t0 < 30 * 0.2  # faster than one peer alone
         nursery.cancel_scope.cancel()
+
+
+class GatedStore(MemoryStore):
+    """A store that blocks (synced in the peer's sync thread, as LevelDB is)
+    and whose synced writes wait while `gate` is closed: a disk that stalls
+    on demand. `stalled` is set once a write waits at the closed gate; a
+    write raises `fail` when it is set."""
+
+    blocks = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.gate = threading.Event()
+        self.gate.set()
+        self.stalled = threading.Event()
+        self.fail: Exception | None = None
+
+    def write(self, writes, *, sync: bool) -> None:
+        if sync and not self.gate.is_set():
+            self.stalled.set()
+            self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        super().write(writes, sync=sync)
+
+
+async def _until(predicate, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_a_reply_about_a_durable_job_does_not_wait_for_a_stalled_sync_and_one_about_an_unsynced_job_does(tmp_path):
+    """Real clock, a store synced in the sync thread: while the disk stalls
+    on the batch holding n1-2's record, WAIT of the finished n1-1 (durable
+    long ago) is answered, but STATUS of n1-2 and n1-2's own OK are not: they
+    would show what a crash could still take back."""
+    net = MemoryNet(tmp_path)
+    store = net.stores["n1:1"] = GatedStore()
+    async with trio.open_nursery() as nursery:
+        await net.start(nursery, "n1")
+        c, c2 = await net.client("n1"), await net.client("n1")
+        assert await ask(c, "0") == "OK n1-1\n"
+        assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
+        store.gate.clear()
+        await c2.send_all(b"100\n")  # n1-2: its batch stalls
+        await _until(store.stalled.is_set)
+        with trio.fail_after(2):
+            assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
+            assert (await ask(c, "STATUS n1-1")).startswith("OK n1-1 done")
+        await c.send_all(b"STATUS n1-2\n")
+        with trio.move_on_after(0.3):
+            unexpected = await c.receive_some(4096) + await c2.receive_some(4096)
+            raise AssertionError(f"answered from an unsynced batch: {unexpected!r}")
+        store.gate.set()
+        with trio.fail_after(5):
+            assert await c2.receive_some(4096) == b"OK n1-2\n"
+            assert (await c.receive_some(4096)).startswith(b"OK n1-2 ")
+        nursery.cancel_scope.cancel()
+

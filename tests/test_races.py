@@ -15,7 +15,7 @@ from executor.config import Config
 from executor.core import KillJob, StartJob, Tick
 from executor.core.protocol import JobSpec, ListJobs, Status, Submit, Wait
 from tests.conftest import CoreHarness, replies
-from tests.test_edge import MemoryNet, ask, states
+from tests.test_edge import GatedStore, MemoryNet, ask, states
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -224,3 +224,30 @@ async def test_a_failed_sync_stops_the_peer_and_acknowledges_nothing_of_it(autoj
     else:
         raise AssertionError("the peer went on after a failed sync")
     assert with_failure in ([], [b""])  # nothing was acknowledged after the failure
+
+
+async def test_a_failed_sync_in_the_sync_thread_stops_the_peer_and_acknowledges_nothing_of_it(tmp_path):
+    """The same with a store synced in the peer's sync thread (as LevelDB is),
+    on the real clock: the failure crosses back to the trio thread and stops
+    the peer; the SUBMIT of the failed batch is never acknowledged."""
+    from executor.edge.node import StorageFailed
+    from storage.store import StoreIOError
+
+    net = MemoryNet(tmp_path)
+    store = net.stores["n1:1"] = GatedStore()
+    seen = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await net.start(nursery, "n1")
+            c = await net.client("n1")
+            assert await ask(c, "0") == "OK n1-1\n"
+            store.fail = StoreIOError("writing leveldb: IO error: 000003.log: Input/output error")
+            await c.send_all(b"0\n")
+            with trio.fail_after(5):
+                seen.append(await c.receive_some(4096))
+    except* StorageFailed as group:
+        failures = _leaves(group)
+        assert failures and all("a synced write failed" in str(f) for f in failures)
+    else:
+        raise AssertionError("the peer went on after a failed sync")
+    assert seen in ([], [b""])  # n1-2 was never acknowledged

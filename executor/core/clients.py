@@ -45,7 +45,8 @@ class ClientsMixin:
             elif kind is Submit:
                 self._submit(token, command, now)
             elif kind is Status:
-                self._reply(token, self._status_line(self._home_record(command.job_id)))
+                record = self._home_record(command.job_id)
+                self._actions.append(Reply(token, self._status_line(record), about=record.job_id))
             elif kind is Result:
                 self._result(token, self._home_record(command.job_id))
             elif kind is Tail:
@@ -170,7 +171,7 @@ class ClientsMixin:
     def _wait(self, token: Any, command: Wait, now: float) -> None:
         record = self._home_record(command.job_id)
         if record.state.final:
-            self._reply(token, self._status_line(record))
+            self._actions.append(Reply(token, self._status_line(record), about=record.job_id))
             return
         timeout = command.timeout_s if command.timeout_s is not None else self.config.wait_max_s
         self.waiters.setdefault(record.job_id, []).append(_Waiter(token, now + timeout))

@@ -76,6 +76,10 @@ class Reply:
     token: Any
     data: bytes
     close: bool = False
+    # The job whose record alone this reply shows (STATUS, WAIT of a job
+    # already final): an edge may carry it out as soon as that record's last
+    # write is durable, ahead of the rest of its batch (executor/edge/pipeline.py).
+    about: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

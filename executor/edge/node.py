@@ -42,7 +42,7 @@ from executor.core import (
 from executor.core.cluster import Cluster
 from executor.edge.connections import ConnectionsMixin
 from executor.edge.links import Links
-from executor.edge.pipeline import CommitPipelineMixin, StorageFailed
+from executor.edge.pipeline import CommitPipelineMixin, StorageFailed, _SyncThread
 from executor.edge.runner import (
     DurableRecords,
     RecordWriteFailed,
@@ -114,11 +114,17 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         self.draining = 0  # hung-up clients still owed replies (client_draining_max)
         self._client_numbers = itertools.count(1)
         self._tick_pending = False
-        self._pending_writes: list = []
+        self._pending_writes: list = []  # the committer's next batch (executor/edge/pipeline.py)
         self._pending_actions: list = []
-        self._doorbell, doorbell_recv = trio.open_memory_channel(1)
-        self._doorbell_recv = doorbell_recv
-        self._committed = trio.lowlevel.ParkingLot()
+        self._commit_busy = False  # a batch is syncing, or failed: the next waits
+        self._syncing: list = []  # the writes of the batch syncing
+        self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
+        self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
+        self._sync_thread = None  # made in run(), with the trio token
+        self._trio_token = None
+        self._sync_idle = trio.lowlevel.ParkingLot()
+        self._commit_failed = trio.Event()
+        self._commit_failure: BaseException | None = None
         self.links = None
         self.listening = trio.Event()
         self.bound_port: int | None = None
@@ -215,7 +221,10 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                     "%s: listening on %s (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
                     self.peer_id, self.addr, self.incarnation, self.slots, jobs, held, outbox,
                 )
-                nursery.start_soon(self._committer, self._doorbell_recv)
+                self._trio_token = trio.lowlevel.current_trio_token()
+                if self.store.blocks:
+                    self._sync_thread = _SyncThread(self._write, self._trio_token)
+                nursery.start_soon(self._committer)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._disk_watcher)
@@ -245,7 +254,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
             await trio.sleep(self.config.disk_check_interval_s)
             if self.core.disk_is_low:
                 free = await trio.to_thread.run_sync(self.free_bytes) if self.store.blocks else self.free_bytes()
-                await self._report_free(free)
+                self._report_free(free)
 
     async def _run_job(self, start: StartJob, scope: trio.CancelScope, live: LiveOutput) -> None:
         log.debug("%s: job %s attempt %d starting", self.peer_id, start.job_id, start.attempt)

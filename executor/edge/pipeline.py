@@ -11,9 +11,13 @@ code, and reads best on its own. `Node` takes it in as a mixin.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -34,6 +38,7 @@ from executor.core import (
 )
 from executor.edge.sessions import _fill
 from executor.edge.tail import LiveOutput
+from storage import layout
 from storage.store import StoreError
 
 log = logging.getLogger("peerjobs")
@@ -51,6 +56,46 @@ class _ForgetLiveOutput:
     handled after that exit is answered from it (the core has let it go)."""
 
     key: tuple[str, int]  # (job id, attempt)
+
+
+class _SyncThread:
+    """The one thread that makes the committer's batches durable, one at a
+    time (the committer hands it the next only when the last is done).
+    Lighter than `trio.to_thread` per batch (no thread cache, capacity
+    limiter or per-call thread naming): a batch costs two wake-ups, this
+    thread's and the event loop's (`run_sync_soon`)."""
+
+    def __init__(self, work: Callable[[list], object], token: trio.lowlevel.TrioToken) -> None:
+        self._work, self._token = work, token
+        self._batches: queue.SimpleQueue = queue.SimpleQueue()  # at most one batch, or the stop
+        self.busy = False  # a batch was handed over and its `done` has not run yet
+        threading.Thread(target=self._serve, name="peerjobs-sync", daemon=True).start()
+
+    def start(self, writes: list, done: Callable[[tuple, float], None]) -> None:
+        """Sync `writes`; then `done((result, None) or (None, exception),
+        seconds)` runs on the trio thread."""
+        self.busy = True
+        self._batches.put((writes, done))
+
+    def stop(self) -> None:
+        self._batches.put(None)
+
+    def _serve(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            writes, done = batch
+            started = time.perf_counter()
+            try:
+                result = self._work(writes), None
+            except Exception as exc:  # noqa: BLE001 -- a StoreError stops the peer; anything else too, as itself
+                result = None, exc
+            try:
+                self._token.run_sync_soon(self._done, done, result, time.perf_counter() - started)
+            except trio.RunFinishedError:
+                return
+
+    def _done(self, done, result: tuple, seconds: float) -> None:
+        self.busy = False
+        done(result, seconds)
 
 
 class CommitPipelineMixin:
@@ -100,60 +145,124 @@ class CommitPipelineMixin:
                 await self._committed.park()
 
     def _commit_later(self, writes: list, actions: list) -> None:
-        """The edge contract's durable half, pipelined: the committer syncs
-        everything pending as one batch, then carries out its actions."""
-        self._pending_writes += writes
-        self._pending_actions += actions
-        try:
-            self._doorbell.send_nowait(None)
-        except trio.WouldBlock:
-            pass  # the committer will take this batch along with the last
+        """The edge contract's durable half, pipelined: while a batch syncs,
+        everything handed in waits and then goes as the next ONE batch; when
+        the disk is idle, it goes at once (group commit without a wait).
 
-    async def _committer(self, doorbell_recv) -> None:
-        """Write everything pending in one synced batch, then carry out the
-        actions that waited for it. While the disk syncs (in a worker thread:
-        the event loop, and with it membership, never waits for the disk),
-        the core goes on and the next batch fills up (group commit, pipelined).
+        A reply `about` one job whose record has no write pending or syncing
+        shows only what is durable already: it goes now, not behind the batch
+        in flight (a script that WAITs for a thousand finished jobs while
+        others finish waits for no fsync). The client's own replies still go
+        in request order (executor/edge/sessions.py)."""
+        if writes:
+            self._pending_writes += writes
+            unsynced = self._unsynced
+            for key, _ in writes:
+                unsynced[key] = unsynced.get(key, 0) + 1
+        for action in actions:
+            if type(action) is Reply and action.about is not None and \
+                    layout.key(layout.JOB, action.about) not in self._unsynced:
+                self._execute(action)
+            else:
+                self._pending_actions.append(action)
+        if not self._commit_busy and (self._pending_writes or self._pending_actions):
+            self._commit_next()
+
+    def _commit_next(self) -> None:
+        """Hand everything pending to the disk as one batch. In the sync
+        thread (`_SyncThread`) when the store blocks: the event loop, and
+        with it membership, never waits for the disk; the memory store is
+        written here. `_durable` carries out its actions on the trio thread."""
+        writes, actions = self._pending_writes, self._pending_actions
+        self._pending_writes, self._pending_actions = [], []
+        self._committed.unpark_all()
+        self._commit_busy = True
+        self._syncing = writes
+        if writes and self._sync_thread is not None:
+            self._sync_thread.start(writes, functools.partial(self._durable, len(writes), actions))
+            return
+        started = time.perf_counter()
+        try:
+            result = (self._write(writes) if writes else None), None
+        except StoreError as exc:
+            result = None, exc
+        self._trio_token.run_sync_soon(self._durable, len(writes), actions, result, time.perf_counter() - started)
+
+    def _durable(self, count: int, actions: list, result: tuple, seconds: float) -> None:
+        """On the trio thread, once a batch of `count` writes is synced
+        (result: (free bytes, None)) or failed ((None, StoreError)): carry out
+        its actions in order, then hand the disk the next batch.
 
         Fail-stop (after PostgreSQL's fsyncgate): a write or sync that fails
         leaves the log's state unknown, so the peer acknowledges nothing of
-        that batch or after it, logs one line and stops (`StorageFailed`);
-        the restart recovers everything acknowledged before."""
-        async for _ in doorbell_recv:
-            writes, actions = self._pending_writes, self._pending_actions
-            self._pending_writes, self._pending_actions = [], []
-            self._committed.unpark_all()
-            if writes:
-                started = time.perf_counter()
-                try:
-                    if self.store.blocks:
-                        free = await trio.to_thread.run_sync(self._write, writes)
-                    else:
-                        free = self._write(writes)  # memory: cannot stall the loop
-                except StoreError as exc:
-                    raise StorageFailed(
-                        f"{self.peer_id}: stopping: a synced write failed ({exc}); nothing of it was acknowledged. "
-                        f"Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
-                        f"peer: it recovers every job acknowledged before") from None
-                if self.on_commit is not None:
-                    self.on_commit(len(writes), time.perf_counter() - started)
-                await self._report_free(free)
+        that batch or after it (the committer stays busy for good) and
+        `_committer` stops the peer with one line (`StorageFailed`); the
+        restart recovers everything acknowledged before. Nothing raised here
+        may reach trio's run loop: it goes to `_committer` too."""
+        try:
+            free, error = result
+            if error is None:
+                unsynced = self._unsynced
+                for key, _ in self._syncing:
+                    left = unsynced.pop(key) - 1
+                    if left:
+                        unsynced[key] = left
+                self._syncing = []
+            if error is not None and not isinstance(error, StoreError):
+                raise error
+            if error is not None:
+                raise StorageFailed(
+                    f"{self.peer_id}: stopping: a synced write failed ({error}); nothing of it was acknowledged. "
+                    f"Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
+                    f"peer: it recovers every job acknowledged before") from None
+            if count and self.on_commit is not None:
+                self.on_commit(count, seconds)
+            self._report_free(free)
             for action in actions:
                 self._execute(action)
+        except BaseException as exc:  # noqa: BLE001 -- raised again by _committer, in a task
+            self._commit_failure = exc
+            self._commit_failed.set()
+            return
+        finally:
+            self._sync_idle.unpark_all()
+        if self._pending_writes or self._pending_actions:
+            self._commit_next()
+        else:
+            self._commit_busy = False
+
+    async def _committer(self) -> None:
+        """Owns the sync thread's life: stops the peer when a batch failed
+        (`_durable`), and on the way out lets a sync in flight end before the
+        store is closed."""
+        try:
+            await self._commit_failed.wait()
+            raise self._commit_failure
+        finally:
+            with trio.CancelScope(shield=True):
+                while self._sync_thread is not None and self._sync_thread.busy:
+                    await self._sync_idle.park()
+            if self._sync_thread is not None:
+                self._sync_thread.stop()
 
     def _write(self, writes) -> int | None:
-        """In a worker thread: the synced batch, then the free bytes left."""
+        """The synced batch, then the free bytes left (in the sync thread
+        when the store blocks)."""
         self.store.write(writes, sync=True)
         return self.free_bytes()
 
-    async def _report_free(self, free: int | None) -> None:
+    def _report_free(self, free: int | None) -> None:
         """Tell the core when the free space crossed `disk_free_bytes_min`
-        (unknown free space changes nothing)."""
+        (unknown free space changes nothing). A full inbox drops the news:
+        the next batch (or `_disk_watcher`) finds the same crossing."""
         if free is None:
             return
         low = free < self.config.disk_free_bytes_min
         if low != self.core.disk_is_low:
-            await self.inbox_send.send(DiskSpace(low, free))
+            try:
+                self.inbox_send.send_nowait(DiskSpace(low, free))
+            except trio.WouldBlock:
+                pass
 
     def _free_bytes(self) -> int | None:
         try:

@@ -31,6 +31,10 @@ from executor.core.protocol import ErrorCode
 log = logging.getLogger("peerjobs")
 
 _RECEIVE_BYTES = 65536
+# How long a WAIT (or TAIL -f) is waited for before its client is read for a
+# hang-up meanwhile (`_read_while_waiting`): a hang-up shows this much later,
+# and a WAIT answered within it costs no reader task.
+_UNWATCHED_WAIT_S = 0.005
 
 
 @dataclass(eq=False)
@@ -166,7 +170,13 @@ class SessionsMixin:
     async def _take_line(self, reading: _Reading, client: _Client, line) -> bool:
         """One line: answered at the edge, or sent to the core. False: stop reading."""
         cfg = self.config
-        await client.budget.acquire()
+        # The fast paths take no trip through the scheduler: a client that
+        # pipelines stops here only at `client_pipeline_max` requests owed
+        # (the budget, released by its writer) or a full inbox, which yield.
+        try:
+            client.budget.acquire_nowait()
+        except trio.WouldBlock:
+            await client.budget.acquire()
         while client.owed_bytes > cfg.client_reply_bytes_max:
             await client.ready.park()  # the client does not read its replies: stop reading requests
         slot = _Slot()
@@ -186,7 +196,11 @@ class SessionsMixin:
         command = edge
         while len(self._pending_writes) >= cfg.commit_writes_max:
             await self._committed.park()  # backpressure: the disk is behind
-        await self.inbox_send.send(ClientRequest((client, slot), command))
+        request = ClientRequest((client, slot), command)
+        try:
+            self.inbox_send.send_nowait(request)
+        except trio.WouldBlock:
+            await self.inbox_send.send(request)
         if type(command) is protocol.Quit:
             return False
         follow = type(command) is protocol.Tail and command.follow
@@ -199,7 +213,12 @@ class SessionsMixin:
             # client's hang-up shows after its WAIT.) A TAIL -f is held the
             # same way, and a hang-up ends its stream (the follower sends a
             # last frame within `tail_poll_s`): nobody is there to read it.
-            watch = not reading.eof and not isinstance(reading.stream, trio.SSLStream)
+            # Most WAITs of a script are answered at once (the job is final):
+            # those get their answer before a reader is set up for them.
+            with trio.move_on_after(_UNWATCHED_WAIT_S):
+                while not slot.answered:
+                    await client.ready.park()
+            watch = not slot.answered and not reading.eof and not isinstance(reading.stream, trio.SSLStream)
             if watch and await self._read_while_waiting(reading.stream, client, slot, reading.backlog):
                 reading.eof = True
                 slot.stop = follow
