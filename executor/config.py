@@ -196,6 +196,12 @@ class Config:
     """Events waiting for the core; producers (clients, runners, peer links)
     wait when it is full (backpressure, never dropping)."""
 
+    inbox_client_requests_max: int = 256
+    """Client requests in the inbox not yet handled, from every client
+    together; past it readers wait. Peer messages share the inbox: this bounds
+    how long a probe's ack waits behind pipelined requests (256 x ~50 us), so
+    that a peer flooded by clients does not look dead to the others."""
+
     tick_interval_s: float = 0.02
     """How often the core's timers are looked at (WAIT deadlines, membership,
     balance, retries); the resolution of every timer below."""

@@ -198,3 +198,43 @@ async def test_a_reply_about_a_durable_job_does_not_wait_for_a_stalled_sync_and_
             assert (await c.receive_some(4096)).startswith(b"OK n1-2 ")
         nursery.cancel_scope.cancel()
 
+
+
+async def test_pipelined_client_requests_take_at_most_their_share_of_the_inbox(autojump_clock, tmp_path):
+    """Peer messages (a probe's Ack) share the core's inbox with client
+    requests: however many requests clients pipeline, at most
+    `inbox_client_requests_max` wait there unhandled, so that an Ack is never
+    queued behind thousands of them. Nothing is lost: every request is
+    answered, in order, once the core gets to them."""
+    import dataclasses
+
+    # No ticks: nothing but the client's requests reaches the inbox.
+    net = MemoryNet(tmp_path, dataclasses.replace(Config.local(), inbox_client_requests_max=3, tick_interval_s=3600))
+    gate = trio.Event()
+
+    class HeldNode(Node):
+        async def _core_loop(self) -> None:
+            await gate.wait()
+            await super()._core_loop()
+
+    import tests.test_edge as here
+
+    original = Node
+
+    here.Node = HeldNode  # MemoryNet.start builds this module's Node
+    try:
+        async with trio.open_nursery() as nursery:
+            node = await net.start(nursery, "n1")
+            c = await net.client("n1")
+            await c.send_all(b"".join(b"%d\n" % i for i in range(20)))
+            await trio.sleep(1)
+            assert node.inbox.statistics().current_buffer_used == 3
+            gate.set()
+            data = b""
+            with trio.fail_after(10):
+                while data.count(b"\n") < 20:
+                    data += await c.receive_some(4096)
+            assert data.decode().splitlines() == [f"OK n1-{i}" for i in range(1, 21)]
+            nursery.cancel_scope.cancel()
+    finally:
+        here.Node = original

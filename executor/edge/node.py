@@ -106,6 +106,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         self.addr = f"{self.host}:{self.port}"
         self.core: PeerCore | None = None  # made in run(), once the port is bound
         self.inbox_send, self.inbox = trio.open_memory_channel(config.inbox_events_max)
+        self._client_room = trio.Semaphore(config.inbox_client_requests_max)  # sessions.py `_to_core`
         self.job_scopes: dict[str, trio.CancelScope] = {}
         self.live_outputs: dict[tuple[str, int], LiveOutput] = {}  # TAIL: executor/edge/tail.py
         self.clients = 0  # client connections (client_connections_max)
@@ -170,7 +171,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         slot = _Slot()
         client.pending.append(slot)
         try:
-            await self.inbox_send.send(ClientRequest((client, slot), command))
+            await self._to_core(ClientRequest((client, slot), command))
             while slot.data is None:
                 await client.ready.park()
             return slot.data

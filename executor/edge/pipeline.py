@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from executor.core import (
+    ClientRequest,
     DiskSpace,
     JobExited,
     KillJob,
@@ -110,16 +111,19 @@ class CommitPipelineMixin:
         and not waiting for the disk there keeps short jobs flowing. Everything
         that tells the outside world something waits for the committer.
         """
-        core, inbox = self.core, self.inbox
+        core, inbox, room = self.core, self.inbox, self._client_room
         while True:
             event = await inbox.receive()
             now, wall = self.clock(), self.wall_clock()
             count = 0
             ended: list[_ForgetLiveOutput] = []
             while True:
-                if type(event) is Tick:
+                kind = type(event)
+                if kind is ClientRequest:
+                    room.release()
+                elif kind is Tick:
                     self._tick_pending = False
-                elif type(event) is JobExited:
+                elif kind is JobExited:
                     ended.append(_ForgetLiveOutput((event.job_id, event.attempt)))
                 core.handle(event, now, wall)
                 count += 1

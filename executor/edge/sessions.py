@@ -196,11 +196,7 @@ class SessionsMixin:
         command = edge
         while len(self._pending_writes) >= cfg.commit_writes_max:
             await self._committed.park()  # backpressure: the disk is behind
-        request = ClientRequest((client, slot), command)
-        try:
-            self.inbox_send.send_nowait(request)
-        except trio.WouldBlock:
-            await self.inbox_send.send(request)
+        await self._to_core(ClientRequest((client, slot), command))
         if type(command) is protocol.Quit:
             return False
         follow = type(command) is protocol.Tail and command.follow
@@ -227,6 +223,26 @@ class SessionsMixin:
             while not slot.answered:
                 await client.ready.park()
         return True
+
+    async def _to_core(self, request: ClientRequest) -> None:
+        """A client request into the inbox, behind at most
+        `inbox_client_requests_max` others not handled yet (the core loop
+        gives the room back as it handles each): peer messages share the
+        inbox, and a probe's ack must not wait behind a flood of pipelined
+        requests. No trip through the scheduler while there is room."""
+        room = self._client_room
+        try:
+            room.acquire_nowait()
+        except trio.WouldBlock:
+            await room.acquire()
+        try:
+            self.inbox_send.send_nowait(request)
+        except trio.WouldBlock:
+            try:
+                await self.inbox_send.send(request)
+            except BaseException:
+                room.release()
+                raise
 
     def _edge_command(self, line: bytes):
         """The parsed command for the core, or (reply, close) when the edge
