@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 
 import trio
@@ -117,8 +118,8 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         self._tick_pending = False
         self._pending_writes: list = []  # the committer's next batch (executor/edge/pipeline.py)
         self._pending_actions: list = []
+        self._pending_lock = threading.Lock()  # the pending batch, taken by the sync thread
         self._commit_busy = False  # a batch is syncing, or failed: the next waits
-        self._syncing: list = []  # the writes of the batch syncing
         self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
         self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
         self._sync_thread = None  # made in run(), with the trio token
@@ -224,7 +225,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                 )
                 self._trio_token = trio.lowlevel.current_trio_token()
                 if self.store.blocks:
-                    self._sync_thread = _SyncThread(self._write, self._trio_token)
+                    self._sync_thread = _SyncThread(self._take_batch, self._durable, self._trio_token)
                 nursery.start_soon(self._committer)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)

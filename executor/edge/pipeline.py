@@ -11,7 +11,6 @@ code, and reads best on its own. `Node` takes it in as a mixin.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
@@ -61,42 +60,44 @@ class _ForgetLiveOutput:
 
 class _SyncThread:
     """The one thread that makes the committer's batches durable, one at a
-    time (the committer hands it the next only when the last is done).
-    Lighter than `trio.to_thread` per batch (no thread cache, capacity
-    limiter or per-call thread naming): a batch costs two wake-ups, this
-    thread's and the event loop's (`run_sync_soon`)."""
+    time. Woken by `start`, it takes everything pending at the moment it runs
+    (`work`): what the core handed in while the thread was waking up (or
+    waiting for the GIL) rides the same fsync. Lighter than `trio.to_thread`
+    per batch (no thread cache, capacity limiter or per-call thread naming):
+    a batch costs two wake-ups, this thread's and the event loop's
+    (`run_sync_soon`, which runs `done` there)."""
 
-    def __init__(self, work: Callable[[list], object], token: trio.lowlevel.TrioToken) -> None:
-        self._work, self._token = work, token
-        self._batches: queue.SimpleQueue = queue.SimpleQueue()  # at most one batch, or the stop
-        self.busy = False  # a batch was handed over and its `done` has not run yet
+    def __init__(self, work: Callable[[], tuple], done: Callable[[tuple, float], None],
+                 token: trio.lowlevel.TrioToken) -> None:
+        self._work, self._done, self._token = work, done, token
+        self._wakeups: queue.SimpleQueue = queue.SimpleQueue()  # at most one wake-up, or the stop
+        self.busy = False  # woken, and its `done` has not run yet
         threading.Thread(target=self._serve, name="peerjobs-sync", daemon=True).start()
 
-    def start(self, writes: list, done: Callable[[tuple, float], None]) -> None:
-        """Sync `writes`; then `done((result, None) or (None, exception),
-        seconds)` runs on the trio thread."""
+    def start(self) -> None:
+        """Take the pending batch and sync it; then `done((batch, None) or
+        (None, exception), seconds)` runs on the trio thread."""
         self.busy = True
-        self._batches.put((writes, done))
+        self._wakeups.put(True)
 
     def stop(self) -> None:
-        self._batches.put(None)
+        self._wakeups.put(None)
 
     def _serve(self) -> None:
-        while (batch := self._batches.get()) is not None:
-            writes, done = batch
+        while self._wakeups.get() is not None:
             started = time.perf_counter()
             try:
-                result = self._work(writes), None
+                result = self._work(), None
             except Exception as exc:  # noqa: BLE001 -- a StoreError stops the peer; anything else too, as itself
                 result = None, exc
             try:
-                self._token.run_sync_soon(self._done, done, result, time.perf_counter() - started)
+                self._token.run_sync_soon(self._finish, result, time.perf_counter() - started)
             except trio.RunFinishedError:
                 return
 
-    def _done(self, done, result: tuple, seconds: float) -> None:
+    def _finish(self, result: tuple, seconds: float) -> None:
         self.busy = False
-        done(result, seconds)
+        self._done(result, seconds)
 
 
 class CommitPipelineMixin:
@@ -158,44 +159,56 @@ class CommitPipelineMixin:
         in flight (a script that WAITs for a thousand finished jobs while
         others finish waits for no fsync). The client's own replies still go
         in request order (executor/edge/sessions.py)."""
-        if writes:
-            self._pending_writes += writes
-            unsynced = self._unsynced
-            for key, _ in writes:
-                unsynced[key] = unsynced.get(key, 0) + 1
+        unsynced = self._unsynced
+        for key, _ in writes:
+            unsynced[key] = unsynced.get(key, 0) + 1
+        later = []
         for action in actions:
             if type(action) is Reply and action.about is not None and \
-                    layout.key(layout.JOB, action.about) not in self._unsynced:
+                    layout.key(layout.JOB, action.about) not in unsynced:
                 self._execute(action)
             else:
-                self._pending_actions.append(action)
-        if not self._commit_busy and (self._pending_writes or self._pending_actions):
+                later.append(action)
+        with self._pending_lock:  # the sync thread takes them (`_take_batch`)
+            self._pending_writes += writes
+            self._pending_actions += later
+        if not self._commit_busy:
             self._commit_next()
 
     def _commit_next(self) -> None:
-        """Hand everything pending to the disk as one batch. In the sync
-        thread (`_SyncThread`) when the store blocks: the event loop, and
-        with it membership, never waits for the disk; the memory store is
-        written here. `_durable` carries out its actions on the trio thread."""
-        writes, actions = self._pending_writes, self._pending_actions
-        self._pending_writes, self._pending_actions = [], []
-        self._committed.unpark_all()
+        """Nothing syncs: wake the sync thread if writes are pending (the
+        event loop, and with it membership, never waits for the disk; the
+        memory store is written here), else carry out the pending actions."""
+        if not self._pending_writes:
+            actions, self._pending_actions = self._pending_actions, []
+            for action in actions:
+                self._execute(action)
+            return
         self._commit_busy = True
-        self._syncing = writes
-        if writes and self._sync_thread is not None:
-            self._sync_thread.start(writes, functools.partial(self._durable, len(writes), actions))
+        if self._sync_thread is not None:
+            self._sync_thread.start()
             return
         started = time.perf_counter()
         try:
-            result = (self._write(writes) if writes else None), None
+            result = self._take_batch(), None
         except StoreError as exc:
             result = None, exc
-        self._trio_token.run_sync_soon(self._durable, len(writes), actions, result, time.perf_counter() - started)
+        self._trio_token.run_sync_soon(self._durable, result, time.perf_counter() - started)
 
-    def _durable(self, count: int, actions: list, result: tuple, seconds: float) -> None:
-        """On the trio thread, once a batch of `count` writes is synced
-        (result: (free bytes, None)) or failed ((None, StoreError)): carry out
-        its actions in order, then hand the disk the next batch.
+    def _take_batch(self) -> tuple[list, list, int | None]:
+        """In the sync thread (or inline for the memory store): everything
+        pending as ONE synced batch; (its writes, the actions that waited for
+        them, the free bytes left)."""
+        with self._pending_lock:
+            writes, actions = self._pending_writes, self._pending_actions
+            self._pending_writes, self._pending_actions = [], []
+        self.store.write(writes, sync=True)
+        return writes, actions, self.free_bytes()
+
+    def _durable(self, result: tuple, seconds: float) -> None:
+        """On the trio thread, once a batch is synced (result: ((writes,
+        actions, free bytes), None)) or failed ((None, exception)): carry out
+        its actions in order, then go on with what is pending.
 
         Fail-stop (after PostgreSQL's fsyncgate): a write or sync that fails
         leaves the log's state unknown, so the peer acknowledges nothing of
@@ -204,14 +217,7 @@ class CommitPipelineMixin:
         restart recovers everything acknowledged before. Nothing raised here
         may reach trio's run loop: it goes to `_committer` too."""
         try:
-            free, error = result
-            if error is None:
-                unsynced = self._unsynced
-                for key, _ in self._syncing:
-                    left = unsynced.pop(key) - 1
-                    if left:
-                        unsynced[key] = left
-                self._syncing = []
+            batch, error = result
             if error is not None and not isinstance(error, StoreError):
                 raise error
             if error is not None:
@@ -219,21 +225,26 @@ class CommitPipelineMixin:
                     f"{self.peer_id}: stopping: a synced write failed ({error}); nothing of it was acknowledged. "
                     f"Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
                     f"peer: it recovers every job acknowledged before") from None
-            if count and self.on_commit is not None:
-                self.on_commit(count, seconds)
+            writes, actions, free = batch
+            unsynced = self._unsynced
+            for key, _ in writes:
+                left = unsynced.pop(key) - 1
+                if left:
+                    unsynced[key] = left
+            if self.on_commit is not None:
+                self.on_commit(len(writes), seconds)
+            self._committed.unpark_all()
             self._report_free(free)
             for action in actions:
                 self._execute(action)
+            self._commit_busy = False
+            self._commit_next()
         except BaseException as exc:  # noqa: BLE001 -- raised again by _committer, in a task
+            self._commit_busy = True  # nothing more is acknowledged
             self._commit_failure = exc
             self._commit_failed.set()
-            return
         finally:
             self._sync_idle.unpark_all()
-        if self._pending_writes or self._pending_actions:
-            self._commit_next()
-        else:
-            self._commit_busy = False
 
     async def _committer(self) -> None:
         """Owns the sync thread's life: stops the peer when a batch failed
@@ -248,12 +259,6 @@ class CommitPipelineMixin:
                     await self._sync_idle.park()
             if self._sync_thread is not None:
                 self._sync_thread.stop()
-
-    def _write(self, writes) -> int | None:
-        """The synced batch, then the free bytes left (in the sync thread
-        when the store blocks)."""
-        self.store.write(writes, sync=True)
-        return self.free_bytes()
 
     def _report_free(self, free: int | None) -> None:
         """Tell the core when the free space crossed `disk_free_bytes_min`
