@@ -238,3 +238,27 @@ async def test_pipelined_client_requests_take_at_most_their_share_of_the_inbox(a
             nursery.cancel_scope.cancel()
     finally:
         here.Node = original
+
+
+async def test_a_jobs_command_runs_only_once_its_process_record_is_durable(tmp_path):
+    """A job's wrapper is spawned at once, but its command runs only after
+    its process record (r/<id>: how the next life finds its processes after a
+    kill -9) is synced, with the committer's next batch; while the disk
+    stalls, nothing of the command runs."""
+    net = MemoryNet(tmp_path)
+    store = net.stores["n1:1"] = GatedStore()
+    async with trio.open_nursery() as nursery:
+        node = await net.start(nursery, "n1", slots=3)
+        c = await net.client("n1")
+        markers = [tmp_path / f"ran-{i}" for i in range(3)]
+        assert await ask(c, f"SUBMIT touch {markers[0]}") == "OK n1-1\n"
+        await _until(markers[0].exists)
+        store.gate.clear()
+        await c.send_all("".join(f"SUBMIT touch {m}\n" for m in markers[1:]).encode())
+        await _until(lambda: len(node.job_scopes) == 2)  # both wrappers spawned, waiting
+        await trio.sleep(0.3)
+        assert not any(m.exists() for m in markers[1:]), "a command ran before its process record was synced"
+        assert not any(key.startswith(b"r/") for key in store.durable)
+        store.gate.set()
+        await _until(lambda: all(m.exists() for m in markers[1:]))
+        nursery.cancel_scope.cancel()

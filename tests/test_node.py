@@ -325,31 +325,3 @@ def test_a_second_peer_under_a_taken_name_is_refused_and_a_restart_is_welcome(pe
     n1.start()
     assert _wait_for(lambda: ["n1", n1.addr, "alive"] in [row[:3] for row in _peers_of(n2.addr)])
     assert n1.proc.poll() is None and "refused this peer" not in n1.log()
-
-
-async def test_job_records_are_durable_when_written_and_starts_together_share_a_sync():
-    import trio
-
-    from storage.store import MemoryStore
-
-    store = MemoryStore()
-    records = runner.DurableRecords(store, in_thread=True)
-    before = store.synced_batches
-    async with trio.open_nursery() as nursery:
-        for i in range(10):
-            async def one(i=i):
-                await records.write([(f"r/n1-{i}".encode(), b"x")])
-                assert store.durable[f"r/n1-{i}".encode()] == b"x"  # synced before it returns
-            nursery.start_soon(one)
-    assert 1 <= store.synced_batches - before <= 3  # not one fsync per job
-
-    def broken(writes, *, sync):
-        raise OSError("disk on fire")
-
-    store.write = broken
-    for _ in range(2):  # the failure, and every write after it: the peer stops
-        try:
-            await records.write([(b"r/n1-99", b"x")])
-            raise AssertionError("a failed sync went unnoticed")
-        except runner.RecordWriteFailed as exc:
-            assert "disk on fire" in str(exc)

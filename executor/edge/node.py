@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import signal
-import threading
 import time
 
 import trio
@@ -43,17 +42,15 @@ from executor.core import (
 from executor.core.cluster import Cluster
 from executor.edge.connections import ConnectionsMixin
 from executor.edge.links import Links
-from executor.edge.pipeline import CommitPipelineMixin, StorageFailed, _SyncThread
+from executor.edge.pipeline import CommitPipelineMixin, StorageFailed, _Synced  # noqa: F401 -- StorageFailed: the peer's fatal error, caught by its callers
 from executor.edge.runner import (
-    DurableRecords,
-    RecordWriteFailed,
     kill_orphan_sessions,
     run_job,
 )
 from executor.edge.sessions import _Client, _Slot
 from executor.edge.tail import LiveOutput, TailMixin
 from storage import layout
-from storage.store import LevelStore, Store, StoreError
+from storage.store import LevelStore, Store
 
 log = logging.getLogger("peerjobs")
 
@@ -116,17 +113,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         self.draining = 0  # hung-up clients still owed replies (client_draining_max)
         self._client_numbers = itertools.count(1)
         self._tick_pending = False
-        self._pending_writes: list = []  # the committer's next batch (executor/edge/pipeline.py)
-        self._pending_actions: list = []
-        self._pending_lock = threading.Lock()  # the pending batch, taken by the sync thread
-        self._commit_busy = False  # a batch is syncing, or failed: the next waits
-        self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
-        self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
-        self._sync_thread = None  # made in run(), with the trio token
-        self._trio_token = None
-        self._sync_idle = trio.lowlevel.ParkingLot()
-        self._commit_failed = trio.Event()
-        self._commit_failure: BaseException | None = None
+        self._init_committer()  # executor/edge/pipeline.py
         self.links = None
         self.listening = trio.Event()
         self.bound_port: int | None = None
@@ -138,8 +125,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         """Kill what a previous life of this peer left running (it was killed
         with -9 and its jobs ran on), before any job runs again here: every
         process of every session recorded under `r/` (executor/edge/runner.py says
-        how a session is found and pinned against pid reuse). Also sets up
-        this life's synced job records (`_spawned`)."""
+        how a session is found and pinned against pid reuse)."""
         stale = list(self.store.scan(layout.PID))
         records = []
         for key, value in stale:
@@ -151,7 +137,6 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         for sid in kill_orphan_sessions(records):
             log.info("%s: killed the orphaned job processes (session %d) of the previous life", self.peer_id, sid)
         self.store.write([(key, None) for key, _ in stale], sync=False)
-        self._job_records = DurableRecords(self.store, in_thread=self.store.blocks)
 
     def statistics(self) -> dict[str, int]:
         """Every counter of this peer: jobs, queue, links, membership, clients."""
@@ -185,16 +170,14 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
 
     async def _spawned(self, job_id: str, record: dict) -> None:
         """The job's session leader is spawned and waits: make its record
-        durable (synced, group-committed with other starts) before its
-        command runs, so that no crash leaves a job process the next life
-        cannot find (docs/architecture.md, crash points)."""
-        try:
-            await self._job_records.write([(layout.key(layout.PID, job_id), layout.encode(record))])
-        except RecordWriteFailed as exc:
-            raise StorageFailed(
-                f"{self.peer_id}: stopping: a synced write failed ({exc}) before job {job_id} ran; nothing of it "
-                f"ran. Check the disk of {self.data_dir} (space, errors in the kernel log), then restart the "
-                f"peer: it recovers every job acknowledged before") from None
+        durable before its command runs, so that no crash leaves a job process
+        the next life cannot find (docs/architecture.md, crash points). It
+        rides the committer's next synced batch, with every other start and
+        whatever else is pending; a failed sync stops the peer, and this job
+        is killed before its command ran."""
+        durable = trio.Event()
+        self._commit_later([(layout.key(layout.PID, job_id), layout.encode(record))], [_Synced(durable)])
+        await durable.wait()
 
     # ------------------------------------------------------------------
 
@@ -223,10 +206,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                     "%s: listening on %s (incarnation %d, slots %d; recovered %d jobs, %d held, %d results unsent)",
                     self.peer_id, self.addr, self.incarnation, self.slots, jobs, held, outbox,
                 )
-                self._trio_token = trio.lowlevel.current_trio_token()
-                if self.store.blocks:
-                    self._sync_thread = _SyncThread(self._take_batch, self._durable, self._trio_token)
-                nursery.start_soon(self._committer)
+                await nursery.start(self._committer)
                 nursery.start_soon(self._core_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._disk_watcher)
@@ -275,10 +255,9 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                 if self.job_scopes.get(start.job_id) is scope:
                     del self.job_scopes[start.job_id]
                 if start.spec.kind == "sh":
-                    try:
-                        self.store.write([(layout.key(layout.PID, start.job_id), None)], sync=False)
-                    except StoreError:
-                        pass  # a hint only (the next life checks it); a failing disk stops the committer
+                    # With the next synced batch; a hint only until then (the
+                    # next life checks a record's session before it kills).
+                    self._commit_later([(layout.key(layout.PID, start.job_id), None)], [])
         if scope.cancelled_caught:
             exited = JobExited(start.job_id, start.attempt, None, "cancelled")
         log.debug("%s: job %s attempt %d exited: code=%s reason=%s",

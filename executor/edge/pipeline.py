@@ -58,6 +58,14 @@ class _ForgetLiveOutput:
     key: tuple[str, int]  # (job id, attempt)
 
 
+@dataclass(frozen=True, slots=True)
+class _Synced:
+    """The edge's own action: set `event` once the batch it rides is durable
+    (a job's process record before its command runs: `Node._spawned`)."""
+
+    event: trio.Event
+
+
 class _SyncThread:
     """The one thread that makes the committer's batches durable, one at a
     time. Woken by `start`, it takes everything pending at the moment it runs
@@ -102,6 +110,19 @@ class _SyncThread:
 
 class CommitPipelineMixin:
     """The core loop, the committer and the actions they carry out (`Node`)."""
+
+    def _init_committer(self) -> None:
+        self._pending_writes: list = []  # the next batch
+        self._pending_actions: list = []  # what waits for it
+        self._pending_lock = threading.Lock()  # the pending batch is taken by the sync thread
+        self._commit_busy = False  # a batch is syncing, or one failed: the next waits
+        self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
+        self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
+        self._sync_thread: _SyncThread | None = None  # made by `_committer` when the store blocks
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._sync_idle = trio.lowlevel.ParkingLot()
+        self._commit_failed = trio.Event()
+        self._commit_failure: BaseException | None = None
 
     async def _core_loop(self) -> None:
         """Feed events to the core; hand its output to the committer.
@@ -246,10 +267,14 @@ class CommitPipelineMixin:
         finally:
             self._sync_idle.unpark_all()
 
-    async def _committer(self) -> None:
+    async def _committer(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Owns the sync thread's life: stops the peer when a batch failed
         (`_durable`), and on the way out lets a sync in flight end before the
         store is closed."""
+        self._trio_token = trio.lowlevel.current_trio_token()
+        if self.store.blocks:
+            self._sync_thread = _SyncThread(self._take_batch, self._durable, self._trio_token)
+        task_status.started()
         try:
             await self._commit_failed.wait()
             raise self._commit_failure
@@ -301,6 +326,8 @@ class CommitPipelineMixin:
             self._deliver(action.token, read_result(self.store, action.job_id), False)
         elif kind is ReplyTail:
             self._reply_tail(action)  # executor/edge/tail.py
+        elif kind is _Synced:
+            action.event.set()
         elif kind is _ForgetLiveOutput:
             self.live_outputs.pop(action.key, None)
         elif kind is KillJob:
