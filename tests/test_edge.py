@@ -173,13 +173,14 @@ async def _until(predicate, timeout_s: float = 5.0) -> None:
 async def test_a_reply_about_a_durable_job_does_not_wait_for_a_stalled_sync_and_one_about_an_unsynced_job_does(tmp_path):
     """Real clock, a store synced in the sync thread: while the disk stalls
     on the batch holding n1-2's record, WAIT of the finished n1-1 (durable
-    long ago) is answered, but STATUS of n1-2 and n1-2's own OK are not: they
-    would show what a crash could still take back."""
+    long ago) is answered, but STATUS of n1-2, n1-2's own OK and, once n1-2
+    has ended (final, its end not synced), WAIT of n1-2 are not: they would
+    show what a crash could still take back."""
     net = MemoryNet(tmp_path)
     store = net.stores["n1:1"] = GatedStore()
     async with trio.open_nursery() as nursery:
         await net.start(nursery, "n1")
-        c, c2 = await net.client("n1"), await net.client("n1")
+        c, c2, c3 = await net.client("n1"), await net.client("n1"), await net.client("n1")
         assert await ask(c, "0") == "OK n1-1\n"
         assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
         store.gate.clear()
@@ -189,15 +190,47 @@ async def test_a_reply_about_a_durable_job_does_not_wait_for_a_stalled_sync_and_
             assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
             assert (await ask(c, "STATUS n1-1")).startswith("OK n1-1 done")
         await c.send_all(b"STATUS n1-2\n")
+        await trio.sleep(0.3)  # n1-2 (100 ms) has ended: final in the core, its end not synced
+        await c3.send_all(b"WAIT n1-2 5\n")
         with trio.move_on_after(0.3):
-            unexpected = await c.receive_some(4096) + await c2.receive_some(4096)
+            unexpected = await c.receive_some(4096) + await c2.receive_some(4096) + await c3.receive_some(4096)
             raise AssertionError(f"answered from an unsynced batch: {unexpected!r}")
         store.gate.set()
         with trio.fail_after(5):
             assert await c2.receive_some(4096) == b"OK n1-2\n"
             assert (await c.receive_some(4096)).startswith(b"OK n1-2 ")
+            assert (await c3.receive_some(4096)).startswith(b"OK n1-2 done")
         nursery.cancel_scope.cancel()
 
+
+async def test_waits_for_finished_jobs_are_answered_by_the_reader_in_request_order(autojump_clock, tmp_path):
+    """WAIT and STATUS of a job that is final and durable are answered by the
+    client's reader from the core's query, never reaching the inbox; a reply
+    still leaves after every earlier one of its client (here a SUBMIT's OK,
+    which waits for its sync)."""
+    net = MemoryNet(tmp_path)
+    async with trio.open_nursery() as nursery:
+        node = await net.start(nursery, "n1")
+        c = await net.client("n1")
+        assert await ask(c, "0") == "OK n1-1\n"
+        assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
+        seen = []
+        handle = node.core.handle
+
+        def recording(event, now, wall=None):
+            seen.append(getattr(event, "command", event))
+            return handle(event, now, wall)
+
+        node.core.handle = recording
+        await c.send_all(b"SUBMIT true\n" + b"WAIT n1-1 5\nSTATUS n1-1\n" * 20)
+        data = b""
+        with trio.fail_after(10):
+            while data.count(b"\n") < 41:
+                data += await c.receive_some(65536)
+        lines = data.decode().splitlines()
+        assert lines[0] == "OK n1-2" and all(line.startswith("OK n1-1 done") for line in lines[1:])
+        assert not [cmd for cmd in seen if type(cmd).__name__ in ("Wait", "Status")]
+        nursery.cancel_scope.cancel()
 
 
 async def test_pipelined_client_requests_take_at_most_their_share_of_the_inbox(autojump_clock, tmp_path):

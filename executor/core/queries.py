@@ -26,6 +26,17 @@ class QueriesMixin:
             out.update({f"gossip_{k}": v for k, v in sorted(membership.statistics().items())})
         return out
 
+    def finished_status(self, job_id: str) -> bytes | None:
+        """STATUS's (and WAIT's) reply for `job_id` if it is a job of ours
+        that is final, else None. A final record never changes again, so an
+        edge may answer it at once, whatever else is in the inbox (the reader
+        of a client that pipelines WAITs for finished jobs: no trip through
+        the core each); the edge still checks that the record is durable."""
+        record = self.records.get(job_id)
+        if record is None or not record.state.final:
+            return None
+        return self._status_line(record)
+
     def job(self, job_id: str) -> JobRecord | None:
         """A copy of the home record of `job_id`, or None."""
         record = self.records.get(job_id)
