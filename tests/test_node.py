@@ -325,3 +325,24 @@ def test_a_second_peer_under_a_taken_name_is_refused_and_a_restart_is_welcome(pe
     n1.start()
     assert _wait_for(lambda: ["n1", n1.addr, "alive"] in [row[:3] for row in _peers_of(n2.addr)])
     assert n1.proc.poll() is None and "refused this peer" not in n1.log()
+
+
+async def test_a_sleep_job_counts_from_when_the_core_started_it(autojump_clock):
+    """A sleep job started `late_s` ago by the core (the batch that started it,
+    the task's start) sleeps only the rest: its runtime counts from the start,
+    as the core's does, so that a chain of short sleeps on one slot does not
+    drift by the dispatch delay each time."""
+    import trio
+
+    from executor.core import StartJob
+    from executor.core.spec import JobSpec
+
+    start = StartJob("n1-1", 1, JobSpec("sleep", sleep_ms=100), 10.0)
+    began = trio.current_time()
+    exited = await runner.run_job(start, peer_id="n1", workdir=".", output_bytes_max=1024, kill_grace_s=1.0,
+                                  late_s=0.06)
+    assert exited.exit_code == 0 and exited.reason is None
+    assert abs(trio.current_time() - began - 0.04) < 1e-6
+    began = trio.current_time()
+    await runner.run_job(start, peer_id="n1", workdir=".", output_bytes_max=1024, kill_grace_s=1.0, late_s=5.0)
+    assert trio.current_time() == began  # started long ago: over at once

@@ -287,8 +287,8 @@ def test_checker_catches_an_environment_lost_on_the_way_to_the_runner(monkeypatc
     import executor.core.running as running
     from executor.core.events import StartJob
 
-    def start_without_env(job_id, attempt, spec, timeout, after_sync):
-        return StartJob(job_id, attempt, dataclasses.replace(spec, env=(), cwd=""), timeout, after_sync)
+    def start_without_env(job_id, attempt, spec, timeout, after_sync, started_at):
+        return StartJob(job_id, attempt, dataclasses.replace(spec, env=(), cwd=""), timeout, after_sync, started_at)
 
     reports = _planted(monkeypatch, running, "StartJob", start_without_env, seeds=(1,))
     assert not reports[0].ok and "submitted with env" in reports[0].failure, reports[0].failure

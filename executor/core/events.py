@@ -111,6 +111,7 @@ class StartJob:
     spec: JobSpec
     timeout_s: float
     after_sync: bool = False  # carried out only once the batch is durable (a job released by it)
+    started_at: float | None = None  # the core's clock when it started the job (a sleep job counts from it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ class RunningMixin:
             # retry) starts once the batch is durable: never on a decision a
             # crash could take back (docs/cluster.md, the job model).
             after_sync = self._start_after_sync.pop(job_id, False)
-            self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout, after_sync))
+            self._actions.append(StartJob(job_id, job.attempt, job.spec, timeout, after_sync, now))
 
     def _outdated(self, job: HeldJob) -> bool:
         """A copy of one of our own jobs that must not run: the job is final

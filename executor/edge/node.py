@@ -250,6 +250,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                     kill_grace_s=self.config.kill_grace_s,
                     spawned=functools.partial(self._spawned, start.job_id),
                     live=live,
+                    late_s=self.clock() - start.started_at if start.started_at is not None else 0.0,
                 )
             finally:
                 if self.job_scopes.get(start.job_id) is scope:

@@ -233,15 +233,18 @@ async def run_job(
     kill_grace_s: float,
     spawned: Callable[[dict], Awaitable[None]] = _no_record,
     live: LiveOutput | None = None,
+    late_s: float = 0.0,
 ) -> JobExited:
     """Run the job to its end. Cancellation kills the process group and
     propagates; the caller turns it into a `cancelled` exit. `spawned` gets
     the session leader's record (`process_record`) and must return once it is
     durable: the command runs only after that. `live`: capture into its
-    captures (TAIL reads them while the job runs), not fresh ones."""
+    captures (TAIL reads them while the job runs), not fresh ones. `late_s`:
+    how long ago the core started the job (a sleep ends that much sooner:
+    its runtime counts from the start, as the core's does)."""
     if start.spec.kind == "sleep":
         with trio.move_on_after(start.timeout_s) as scope:
-            await trio.sleep(start.spec.sleep_ms / 1000)
+            await trio.sleep(max(0.0, start.spec.sleep_ms / 1000 - late_s))
         reason = "timeout" if scope.cancelled_caught else None
         return JobExited(start.job_id, start.attempt, None if reason else 0, reason)
     try:
