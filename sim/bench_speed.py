@@ -9,6 +9,10 @@ its floor where one exists, measured in the same run.
 and whether the median meets it. `--scale` shrinks every size (the test uses
 it to prove the command works in seconds; figures come from `--scale 1`).
 
+S2 is measured with the trio client (`AsyncClient`, the figure judged
+against the target) and, on the same cluster, with the blocking client
+(printed beside it): the difference is the client's event loop, not the peer.
+
 Waiting for results is part of every end-to-end figure: the WAITs are
 pipelined on one connection (replies come in request order, so the last one
 answers when the last job is done), which costs the peer one reply per job.
@@ -24,7 +28,7 @@ import time
 
 import trio
 
-from executor.client import AsyncClient
+from executor.client import AsyncClient, Client
 from executor.client.replies import parse_status, wait_line
 from sim.bench import _pct, _submit_load, peer_processes
 
@@ -98,6 +102,18 @@ async def _round_trips(addr: str, count: int) -> list[float]:
     return out
 
 
+def _round_trips_blocking(addr: str, count: int) -> list[float]:
+    """The same with the blocking client (executor.client.Client): the peer's
+    share of the round trip without an event loop on the client's side."""
+    out = []
+    with Client(addr, timeout_s=CLIENT_TIMEOUT_S) as client:
+        for _ in range(count):
+            start = time.perf_counter()
+            client.wait(client.request("0"), WAIT_TIMEOUT_S)
+            out.append(time.perf_counter() - start)
+    return out
+
+
 def _xargs_floor(jobs: int) -> float:
     """Seconds for `seq N | xargs -P3 -n1 true`: the spawn floor on this box."""
     start = time.perf_counter()
@@ -145,10 +161,13 @@ def run_s1loop(args) -> dict:
 
 def run_s2(args) -> dict:
     count = _n(S2_ROUND_TRIPS, args.scale, 5)
-    samples = _cluster_runs(args.runs, lambda a: trio.run(_round_trips, a[0], count))
-    p50 = [_pct(s, 0.5) * 1000 for s in samples]
-    p99 = [_pct(s, 0.99) * 1000 for s in samples]
-    return {"S2_p50": _entry("S2_p50", p50, round_trips=count), "S2_p99": _entry("S2_p99", p99, round_trips=count)}
+    pairs = _cluster_runs(args.runs, lambda a: (trio.run(_round_trips, a[0], count), _round_trips_blocking(a[0], count)))
+    p50 = [_pct(s, 0.5) * 1000 for s, _ in pairs]
+    p99 = [_pct(s, 0.99) * 1000 for s, _ in pairs]
+    blocking = {"blocking_client_p50_ms": round(statistics.median(_pct(b, 0.5) * 1000 for _, b in pairs), 3),
+                "blocking_client_p99_ms": round(statistics.median(_pct(b, 0.99) * 1000 for _, b in pairs), 3)}
+    return {"S2_p50": _entry("S2_p50", p50, round_trips=count, **blocking),
+            "S2_p99": _entry("S2_p99", p99, round_trips=count)}
 
 
 def run_s3(args) -> dict:
@@ -256,6 +275,9 @@ def _line(name: str, e: dict) -> str:
     if "lower_bound_s" in e:
         floor += (f"\n{'':9s} against any schedule's lower bound {e['lower_bound_s']:.3f}s: {e['over_bound']:.3f}; "
                   f"against greedy list scheduling {e['greedy_s']:.3f}s: {e['over_greedy']:.3f}")
+    if "blocking_client_p50_ms" in e:
+        floor = (f"  (the AsyncClient; the blocking client: p50 {e['blocking_client_p50_ms']:.3f} ms, "
+                 f"p99 {e['blocking_client_p99_ms']:.3f} ms)")
     runs = " / ".join(f"{r:,.3f}" if r < 100 else f"{r:,.0f}" for r in e["runs"])
     fig = f"{e['figure']:,.3f}" if e["figure"] < 100 else f"{e['figure']:,.0f}"
     return f"{name:9s} {fig:>10s} {e['unit']:10s} target {cmp} {e['target']:<7g} {mark:6s} runs {runs}{floor}"
