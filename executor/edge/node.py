@@ -42,7 +42,11 @@ from executor.core import (
 from executor.core.cluster import Cluster
 from executor.edge.connections import ConnectionsMixin
 from executor.edge.links import Links
-from executor.edge.pipeline import CommitPipelineMixin, StorageFailed, _Synced  # noqa: F401 -- StorageFailed: the peer's fatal error, caught by its callers
+from executor.edge.pipeline import (
+    CommitPipelineMixin,
+    StorageFailed,  # noqa: F401 -- the peer's fatal error: its callers catch it from here
+    _Synced,
+)
 from executor.edge.runner import (
     kill_orphan_sessions,
     run_job,
