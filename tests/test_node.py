@@ -346,3 +346,33 @@ async def test_a_sleep_job_counts_from_when_the_core_started_it(autojump_clock):
     began = trio.current_time()
     await runner.run_job(start, peer_id="n1", workdir=".", output_bytes_max=1024, kill_grace_s=1.0, late_s=5.0)
     assert trio.current_time() == began  # started long ago: over at once
+
+
+def test_a_peer_flooded_by_a_client_is_not_taken_for_dead(peers):
+    """A gray failure once seen under `bench speed` S1: 5,000 pipelined no-op
+    jobs on one connection, pushed and stolen across three peers, and every
+    peer suspected every other within a second (an Ack queued on a link
+    behind thousands of results arrived 0.1-1 s late; the probe timeout is
+    0.1 s). Peer links are drained a read at a time and client requests hold
+    a bounded share of the inbox: the flood is served and nobody is declared
+    dead or has to refute a suspicion."""
+    ps = [peers(name="n1", slots=1)]
+    ps[0].start()
+    for name in ("n2", "n3"):
+        ps.append(peers(name=name, slots=1, join=[ps[0].addr]))
+        ps[-1].start()
+    with Client(ps[0].addr) as c:
+        deadline = time.monotonic() + 20
+        while sum(" alive " in line for line in c._lines("PEERS")) < 3:
+            assert time.monotonic() < deadline, c._lines("PEERS")
+            time.sleep(0.1)
+        replies = c.request_many(["0"] * 5000, window=5000)
+        ids = [r.check().text for r in replies]
+        finished = c.request_many([f"WAIT {i} 120" for i in ids], window=5000)
+        assert all(" done " in r.check().text for r in finished)
+    for p in ps:
+        with Client(p.addr) as c:
+            stats = dict(line.split("=", 1) for line in c._lines("STATS"))
+        assert stats.get("gossip_declared_dead", "0") == "0" and stats.get("gossip_refutations", "0") == "0", \
+            (p.name, stats)
+        assert int(stats["gossip_probes_acked"]) > 0  # probes ran (the counters above are not just absent)
