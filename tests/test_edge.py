@@ -295,3 +295,21 @@ async def test_a_jobs_command_runs_only_once_its_process_record_is_durable(tmp_p
         store.gate.set()
         await _until(lambda: all(m.exists() for m in markers[1:]))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_finished_jobs_process_record_goes_with_its_exit_not_in_a_sync_of_its_own(tmp_path):
+    """Per `sh` job one slot costs three synced batches: the SUBMIT, the
+    process record before the command runs, and the exit, which carries the
+    record's deletion (a hint nobody waits for: `_write_later`)."""
+    net = MemoryNet(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await net.start(nursery, "n1")
+        store = net.stores["n1:1"]
+        c = await net.client("n1")
+        for n in range(1, 4):
+            before = store.synced_batches
+            assert await ask(c, "SUBMIT true") == f"OK n1-{n}\n"
+            assert (await ask(c, f"WAIT n1-{n} 10")).startswith(f"OK n1-{n} done")
+            assert store.synced_batches - before == 3
+            assert not [key for key in store.durable if key.startswith(b"r/")]
+        nursery.cancel_scope.cancel()

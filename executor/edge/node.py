@@ -260,9 +260,9 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
                 if self.job_scopes.get(start.job_id) is scope:
                     del self.job_scopes[start.job_id]
                 if start.spec.kind == "sh":
-                    # With the next synced batch; a hint only until then (the
-                    # next life checks a record's session before it kills).
-                    self._commit_later([(layout.key(layout.PID, start.job_id), None)], [])
+                    # A hint (the next life checks a record's session before it
+                    # kills): it rides the batch with the job's exit.
+                    self._write_later([(layout.key(layout.PID, start.job_id), None)])
         if scope.cancelled_caught:
             exited = JobExited(start.job_id, start.attempt, None, "cancelled")
         log.debug("%s: job %s attempt %d exited: code=%s reason=%s",

@@ -115,6 +115,7 @@ class CommitPipelineMixin:
         self._pending_writes: list = []  # the next batch
         self._pending_actions: list = []  # what waits for it
         self._pending_lock = threading.Lock()  # the pending batch is taken by the sync thread
+        self._riders: list = []  # writes that ride the next batch but never start one (`_write_later`)
         self._commit_busy = False  # a batch is syncing, or one failed: the next waits
         self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
         self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
@@ -194,6 +195,13 @@ class CommitPipelineMixin:
         if not self._commit_busy:
             self._commit_next()
 
+    def _write_later(self, writes: list) -> None:
+        """Writes nobody waits for (a hint, as a finished job's process record
+        deleted): they ride the next synced batch, whenever there is one, and
+        never cost an fsync of their own."""
+        with self._pending_lock:
+            self._riders += writes
+
     def _commit_next(self) -> None:
         """Nothing syncs: wake the sync thread if writes are pending (the
         event loop, and with it membership, never waits for the disk; the
@@ -219,9 +227,9 @@ class CommitPipelineMixin:
         pending as ONE synced batch; (its writes, the actions that waited for
         them, the free bytes left)."""
         with self._pending_lock:
-            writes, actions = self._pending_writes, self._pending_actions
-            self._pending_writes, self._pending_actions = [], []
-        self.store.write(writes, sync=True)
+            writes, actions, riders = self._pending_writes, self._pending_actions, self._riders
+            self._pending_writes, self._pending_actions, self._riders = [], [], []
+        self.store.write(riders + writes, sync=True)
         return writes, actions, self.free_bytes()
 
     def _durable(self, result: tuple, seconds: float) -> None:
