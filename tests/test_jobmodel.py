@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from executor.client.lines import submit_line
 from executor.config import Config
 from executor.core import (
     ClientRequest,
@@ -985,6 +986,17 @@ OPTIONS = st.fixed_dictionaries({
 })
 
 
+def option_line(opts: dict, deps: list[str], keep: bool = True) -> str:
+    """The SUBMIT line of drawn `OPTIONS` for `true`, built by the client's
+    own builder (executor/client/lines.py); `keep=False` leaves --keep out."""
+    after = deps or None
+    return submit_line(
+        "true", priority=opts["priority"], retries=opts["retries"] or None,
+        backoff_s=opts["backoff"] if opts["retries"] else None, delay_s=opts["delay"],
+        keep_s=opts["keep"] if keep else None,
+        after_any=after if opts["any"] else None, after=None if opts["any"] else after)
+
+
 class JobModel(RuleBasedStateMachine):
     """Random options, exits, cancels, time and crashes (the last batch
     synced or lost). Every acknowledged job is final (or forgotten after its
@@ -1007,20 +1019,8 @@ class JobModel(RuleBasedStateMachine):
                 self.acked.append(parts[1])
 
     def _line(self, opts) -> str:
-        words = [f"--priority {opts['priority']}"]
-        if opts["retries"]:
-            words.append(f"--retries {opts['retries']}")
-            if opts["backoff"] is not None:
-                words.append(f"--backoff {opts['backoff']}")
-        if opts["delay"] is not None:
-            words.append(f"--delay {opts['delay']}")
-        if opts["keep"] is not None:
-            words.append(f"--keep {opts['keep']}")
         deps = [self.acked[i] for i in opts["deps"] if i < len(self.acked)]
-        deps = [d for d in dict.fromkeys(deps) if d in self.h.core.records]
-        if deps:
-            words.append(f"{'--after-any' if opts['any'] else '--after'} {','.join(deps)}")
-        return "SUBMIT " + " ".join(words) + " true"
+        return option_line(opts, [d for d in dict.fromkeys(deps) if d in self.h.core.records])
 
     @rule(opts=OPTIONS)
     def submit(self, opts):
@@ -1142,17 +1142,9 @@ class PeersModel(ThreePeers):
         w = self.w
         name = data.draw(st.sampled_from(w.live()), label="peer")
         acked = sorted(w.acked)
-        words = [f"--priority {opts['priority']}"]
-        if opts["retries"]:
-            words.append(f"--retries {opts['retries']}")
-            if opts["backoff"] is not None:
-                words.append(f"--backoff {opts['backoff']}")
-        if opts["delay"] is not None:
-            words.append(f"--delay {opts['delay']}")
         deps = list(dict.fromkeys(acked[i] for i in opts["deps"] if i < len(acked)))
-        if deps:
-            words.append(f"{'--after-any' if opts['any'] else '--after'} {','.join(deps)}")
-        for reply in w._step(name, [w_request(w, "SUBMIT " + " ".join(words) + " true")]):
+        line = option_line(opts, deps, keep=False)
+        for reply in w._step(name, [w_request(w, line)]):
             parts = reply.decode().split()
             if parts[0] == "OK" and len(parts) == 2:
                 w.acked.add(parts[1])
