@@ -172,34 +172,37 @@ async def _until(predicate, timeout_s: float = 5.0) -> None:
 
 async def test_a_reply_about_a_durable_job_does_not_wait_for_a_stalled_sync_and_one_about_an_unsynced_job_does(tmp_path):
     """Real clock, a store synced in the sync thread: while the disk stalls
-    on the batch holding n1-2's record, WAIT of the finished n1-1 (durable
-    long ago) is answered, but STATUS of n1-2, n1-2's own OK and, once n1-2
-    has ended (final, its end not synced), WAIT of n1-2 are not: they would
-    show what a crash could still take back."""
+    on the batch holding n1-3's record, WAIT of the finished n1-1 (answered
+    by the reader) and STATUS of the running n1-2 (through the core:
+    `Reply.about`), both durable long ago, are answered; but STATUS of n1-3,
+    n1-3's own OK and, once n1-3 has ended (final, its end not synced), WAIT
+    of n1-3 are not: they would show what a crash could still take back."""
     net = MemoryNet(tmp_path)
     store = net.stores["n1:1"] = GatedStore()
     async with trio.open_nursery() as nursery:
-        await net.start(nursery, "n1")
+        await net.start(nursery, "n1", slots=2)
         c, c2, c3 = await net.client("n1"), await net.client("n1"), await net.client("n1")
         assert await ask(c, "0") == "OK n1-1\n"
         assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
+        assert await ask(c, "60000") == "OK n1-2\n"  # runs through the test; its start is synced with its OK
         store.gate.clear()
-        await c2.send_all(b"100\n")  # n1-2: its batch stalls
+        await c2.send_all(b"100\n")  # n1-3: its batch stalls
         await _until(store.stalled.is_set)
         with trio.fail_after(2):
             assert (await ask(c, "WAIT n1-1 5")).startswith("OK n1-1 done")
             assert (await ask(c, "STATUS n1-1")).startswith("OK n1-1 done")
-        await c.send_all(b"STATUS n1-2\n")
-        await trio.sleep(0.3)  # n1-2 (100 ms) has ended: final in the core, its end not synced
-        await c3.send_all(b"WAIT n1-2 5\n")
+            assert (await ask(c, "STATUS n1-2")).startswith("OK n1-2 running")
+        await c.send_all(b"STATUS n1-3\n")
+        await trio.sleep(0.3)  # n1-3 (100 ms) has ended: final in the core, its end not synced
+        await c3.send_all(b"WAIT n1-3 5\n")
         with trio.move_on_after(0.3):
             unexpected = await c.receive_some(4096) + await c2.receive_some(4096) + await c3.receive_some(4096)
             raise AssertionError(f"answered from an unsynced batch: {unexpected!r}")
         store.gate.set()
         with trio.fail_after(5):
-            assert await c2.receive_some(4096) == b"OK n1-2\n"
-            assert (await c.receive_some(4096)).startswith(b"OK n1-2 ")
-            assert (await c3.receive_some(4096)).startswith(b"OK n1-2 done")
+            assert await c2.receive_some(4096) == b"OK n1-3\n"
+            assert (await c.receive_some(4096)).startswith(b"OK n1-3 ")
+            assert (await c3.receive_some(4096)).startswith(b"OK n1-3 done")
         nursery.cancel_scope.cancel()
 
 
