@@ -234,8 +234,10 @@ class SessionsMixin:
         without a trip through the inbox; a script that WAITs for a thousand
         finished jobs gets its replies a read at a time. Its reply still
         leaves after every earlier one of the client's (request order)."""
+        if layout.key(layout.JOB, job_id) in self._unsynced:
+            return False
         line = self.core.finished_status(job_id)
-        if line is None or layout.key(layout.JOB, job_id) in self._unsynced:
+        if line is None:
             return False
         _fill(client, slot, line)
         return True
