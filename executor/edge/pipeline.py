@@ -66,6 +66,17 @@ class _Synced:
     event: trio.Event
 
 
+def _outcome(work: Callable[[], tuple]) -> tuple[tuple, float]:
+    """`work()` as ((result, None) or (None, exception), seconds): a
+    StoreError stops the peer (`_durable`), and anything else too, as itself."""
+    started = time.perf_counter()
+    try:
+        result = work(), None
+    except Exception as exc:  # noqa: BLE001 -- handed to _durable, which stops the peer with it
+        result = None, exc
+    return result, time.perf_counter() - started
+
+
 class _SyncThread:
     """The one thread that makes the committer's batches durable, one at a
     time. Woken by `start`, it takes everything pending at the moment it runs
@@ -93,13 +104,8 @@ class _SyncThread:
 
     def _serve(self) -> None:
         while self._wakeups.get() is not None:
-            started = time.perf_counter()
             try:
-                result = self._work(), None
-            except Exception as exc:  # noqa: BLE001 -- a StoreError stops the peer; anything else too, as itself
-                result = None, exc
-            try:
-                self._token.run_sync_soon(self._finish, result, time.perf_counter() - started)
+                self._token.run_sync_soon(self._finish, *_outcome(self._work))
             except trio.RunFinishedError:
                 return
 
@@ -215,12 +221,7 @@ class CommitPipelineMixin:
         if self._sync_thread is not None:
             self._sync_thread.start()
             return
-        started = time.perf_counter()
-        try:
-            result = self._take_batch(), None
-        except StoreError as exc:
-            result = None, exc
-        self._trio_token.run_sync_soon(self._durable, result, time.perf_counter() - started)
+        self._trio_token.run_sync_soon(self._durable, *_outcome(self._take_batch))
 
     def _take_batch(self) -> tuple[list, list, int | None]:
         """In the sync thread (or inline for the memory store): everything
