@@ -286,6 +286,11 @@ class Config:
     """Membership timers (gossip/config.py documents each)."""
 
     def __post_init__(self) -> None:
+        # Bounds every client request must get under: at 0 each one would
+        # wait for ever (a budget or a share of the inbox that is never there).
+        for name in ("client_pipeline_max", "inbox_client_requests_max", "commit_writes_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (at 0 every client request would wait for ever)")
         # One result must fit one peer frame (a result is framed whole: its
         # stdout and stderr, each up to output_bytes_max), and so must one
         # handoff batch of the longest commands. A config where they cannot

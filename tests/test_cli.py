@@ -240,3 +240,6 @@ def test_print_config_precedence(tmp_path):
     assert 'slots = 5                  # env PEERJOBS_SLOTS' in text and "[config.gossip]" in text
     conf.write_text("[node]\nslots = 'many'\n")
     assert "slots" in one_error_line(run("node", "--print-config", env={"PEERJOBS_CONFIG": str(conf)}))
+    # A bound that would hold every client request for ever: refused in one line, as a bad value is.
+    assert "inbox_client_requests_max must be at least 1" in one_error_line(
+        run("node", "--print-config", env={"PEERJOBS_INBOX_CLIENT_REQUESTS_MAX": "0"}))

@@ -115,3 +115,10 @@ def test_a_config_whose_result_cannot_be_framed_is_refused_at_start_up():
     with pytest.raises(ValueError, match="handoff"):
         Config.local(command_bytes_max=1024 * 1024)
     Config.local(output_bytes_max=4 * 1024 * 1024 - 4096)  # just fits
+
+
+@pytest.mark.parametrize("name", ["client_pipeline_max", "inbox_client_requests_max", "commit_writes_max"])
+def test_a_config_that_would_hold_every_client_request_is_refused_at_start_up(name):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+        Config.local(**{name: 0})
+    Config.local(**{name: 1})
