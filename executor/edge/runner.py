@@ -50,6 +50,7 @@ import trio
 
 from executor.core import JobExited, StartJob
 from executor.core.ids import parent_of
+from executor.edge.timers import sleep_precisely
 
 if TYPE_CHECKING:
     from executor.edge.tail import LiveOutput  # it holds this module's captures
@@ -244,7 +245,7 @@ async def run_job(
     its runtime counts from the start, as the core's does)."""
     if start.spec.kind == "sleep":
         with trio.move_on_after(start.timeout_s) as scope:
-            await trio.sleep(max(0.0, start.spec.sleep_ms / 1000 - late_s))
+            await sleep_precisely(start.spec.sleep_ms / 1000 - late_s)
         reason = "timeout" if scope.cancelled_caught else None
         return JobExited(start.job_id, start.attempt, None if reason else 0, reason)
     try:
