@@ -69,6 +69,29 @@ def test_pipelined_replies_come_back_in_order(peers):
         assert [int(i.split("-")[-1]) for i in ids] == list(range(1, 301))
 
 
+def test_replies_larger_than_the_socket_takes_come_back_whole_and_in_order(peers):
+    """Megabytes of pipelined replies to a client that reads them only later:
+    some leave from the task that readied them (`_flush`), partly, and the
+    writer sends the rest; replies the core gives (RESULT), the reader gives
+    (STATUS and WAIT of a finished job) and the edge gives (a parse error)
+    still come back whole, in request order."""
+    p = peers(slots=1)
+    p.start()
+    size = 700_000
+    with Client(p.addr) as c:
+        job = c.submit(f"head -c {size} /dev/zero | tr '\\0' x")
+        assert c.wait(job, 30).state == "done"
+        rounds = 8
+        c.send_lines([line for _ in range(rounds) for line in (f"RESULT {job}", f"STATUS {job}", "NOPE", f"WAIT {job} 5")])
+        time.sleep(0.5)  # the peer fills both sockets' buffers meanwhile
+        for _ in range(rounds):
+            result = c.read("result").check()
+            assert result.text.startswith(f"{job} done exit=0 stdout={size} ") and result.stdout == b"x" * size
+            assert c.read().check().text.split()[:2] == [job, "done"]  # STATUS
+            assert c.read().code == "unknown-command"
+            assert c.read().check().text.split()[:2] == [job, "done"]  # WAIT
+
+
 def test_garbage_and_long_lines_get_errors_while_others_are_served(peers):
     p = peers(slots=2)
     p.start()

@@ -36,7 +36,7 @@ from executor.core import (
     carry_out,
     read_result,
 )
-from executor.edge.sessions import _fill
+from executor.edge.sessions import _fill, _flush
 from executor.edge.tail import LiveOutput
 from storage import layout
 from storage.store import StoreError
@@ -122,6 +122,7 @@ class CommitPipelineMixin:
         self._pending_actions: list = []  # what waits for it
         self._pending_lock = threading.Lock()  # the pending batch is taken by the sync thread
         self._riders: list = []  # writes that ride the next batch but never start one (`_write_later`)
+        self._unflushed: list = []  # clients given replies in this burst (`_flush_replies`)
         self._commit_busy = False  # a batch is syncing, or one failed: the next waits
         self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
         self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
@@ -170,6 +171,7 @@ class CommitPipelineMixin:
             carry_out(writes, actions, at_once=self._execute, durably=self._commit_later)
             if ended:
                 self._commit_later([], ended)
+            self._flush_replies()
             # Clients already wait at commit_writes_max (_client_reader);
             # this is the last resort that keeps memory bounded.
             while len(self._pending_writes) >= 2 * self.config.commit_writes_max:
@@ -267,6 +269,7 @@ class CommitPipelineMixin:
                 self._execute(action)
             self._commit_busy = False
             self._commit_next()
+            self._flush_replies()
         except BaseException as exc:  # noqa: BLE001 -- raised again by _committer, in a task
             self._commit_busy = True  # nothing more is acknowledged
             self._commit_failure = exc
@@ -349,3 +352,14 @@ class CommitPipelineMixin:
     def _deliver(self, token, data: bytes, close: bool) -> None:
         client, slot = token
         _fill(client, slot, data, close)
+        if client.writer_idle and not client.unflushed:
+            client.unflushed = True
+            self._unflushed.append(client)
+
+    def _flush_replies(self) -> None:
+        """At the end of a burst of actions (a core loop round, a durable
+        batch): each client's ready replies in one write (`_flush`)."""
+        clients, self._unflushed = self._unflushed, []
+        for client in clients:
+            client.unflushed = False
+            _flush(client)

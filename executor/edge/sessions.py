@@ -17,6 +17,7 @@ import collections
 import hmac
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import trio
@@ -68,6 +69,9 @@ class _Client:
     draining: int = 0  # 1 while it counts against client_draining_max
     owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
     gone: bool = False  # the connection is over: a TAIL -f follower stops
+    fd: int = -1  # a plain TCP connection's socket: replies may leave without its writer (`_flush`)
+    writer_idle: bool = False  # its writer waits for a ready reply (is in no send); only with `fd`
+    unflushed: bool = False  # in the node's list of clients to flush at the end of this burst
 
 
 @dataclass(eq=False)
@@ -87,6 +91,8 @@ class _Reading:
 class SessionsMixin:
     async def _serve_client(self, stream, first: bytes) -> None:
         client = _Client(next(self._client_numbers), authed=self.security.token is None)
+        if type(stream) is trio.SocketStream:  # not TLS: its bytes are the replies' own
+            client.fd = stream.socket.fileno()
         self.clients += 1
         client.holds_slot = True
         try:
@@ -160,6 +166,7 @@ class SessionsMixin:
                 continue
             if reading.eof:
                 return
+            _flush(client)  # replies the edge gave (a finished job's WAIT): out before the next read
             data = await self._receive_more(reading, client)
             if data is None:
                 return
@@ -336,7 +343,11 @@ class SessionsMixin:
                 while not (pending and pending[0].data is not None):
                     if client.closed and not pending:
                         return
-                    await client.ready.park()
+                    client.writer_idle = client.fd >= 0
+                    try:
+                        await client.ready.park()
+                    finally:
+                        client.writer_idle = False
                 out = []
                 close = False
                 while pending and pending[0].data is not None:
@@ -364,6 +375,42 @@ class SessionsMixin:
             scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()
+
+
+def _flush(client: _Client) -> None:
+    """Write the client's ready replies now, from the task that readied
+    them, while its writer waits: they leave in this scheduler round, not
+    after a round that wakes the writer and one more after its send (S2's
+    round trip, docs/benchmarks.md). Only what the socket takes without
+    waiting, in request order, up to a streamed or closing reply; the rest
+    (and a full or broken socket) is the writer's, as is everything of a
+    TLS connection. The writer only waits while its stream is open, so
+    `fd` is still this connection's."""
+    if not client.writer_idle:
+        return
+    pending = client.pending
+    ready = []
+    for slot in pending:
+        if slot.data is None or slot.streaming or slot.close:
+            break
+        ready.append(slot.data)
+    if not ready:
+        return
+    try:
+        sent = os.write(client.fd, ready[0] if len(ready) == 1 else b"".join(ready))
+    except OSError:
+        return
+    client.owed_bytes -= sent
+    for _ in ready:
+        slot = pending[0]
+        if sent < len(slot.data):
+            slot.data = slot.data[sent:]  # the writer sends the rest, then the others
+            break
+        sent -= len(slot.data)
+        pending.popleft()
+        if client.budget is not None:
+            client.budget.release()
+    client.ready.unpark_all()
 
 
 def _fill(client: _Client, slot: _Slot, data: bytes, close: bool = False) -> None:
