@@ -71,7 +71,7 @@ def test_pipelined_replies_come_back_in_order(peers):
 
 def test_replies_larger_than_the_socket_takes_come_back_whole_and_in_order(peers):
     """Megabytes of pipelined replies to a client that reads them only later:
-    some leave from the task that readied them (`_flush`), partly, and the
+    some leave from the task that readied them (`flush`, executor/edge/replies.py), partly, and the
     writer sends the rest; replies the core gives (RESULT), the reader gives
     (STATUS and WAIT of a finished job) and the edge gives (a parse error)
     still come back whole, in request order."""

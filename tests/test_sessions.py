@@ -1,5 +1,5 @@
-"""A client's replies written without its writer task (executor/edge/sessions.py
-`_flush`): only what the socket takes, in request order, never past a streamed
+"""A client's replies written without its writer task (executor/edge/replies.py
+`flush`): only what the socket takes, in request order, never past a streamed
 or closing reply, and nothing while the writer itself may be sending. Over a
 local socketpair whose send buffer is small, so that writes are partial."""
 
@@ -9,28 +9,28 @@ import socket
 
 import trio
 
-from executor.edge.sessions import _Client, _fill, _flush, _Slot
+from executor.edge.replies import Session, Slot, fill, flush
 
 PIPELINE_MAX = 16
 
 
-def _session() -> tuple[_Client, socket.socket, socket.socket]:
+def _session() -> tuple[Session, socket.socket, socket.socket]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client = _Client(1, fd=ours.fileno(), writer_idle=True)
+    client = Session(1, fd=ours.fileno(), writer_idle=True)
     client.budget = trio.Semaphore(PIPELINE_MAX)
     return client, ours, theirs
 
 
-def _ask(client: _Client, reply: bytes | None, close: bool = False) -> _Slot:
+def _ask(client: Session, reply: bytes | None, close: bool = False) -> Slot:
     """A request in flight, as the reader makes one; `reply`: answered at once."""
     client.budget.acquire_nowait()
-    slot = _Slot()
+    slot = Slot()
     client.pending.append(slot)
     if reply is not None:
-        _fill(client, slot, reply, close)
+        fill(client, slot, reply, close)
     return slot
 
 
@@ -54,7 +54,7 @@ async def test_a_flush_sends_what_the_socket_takes_and_leaves_the_rest_of_a_repl
         for reply in replies:
             _ask(client, reply)
         total = sum(map(len, replies))
-        _flush(client)
+        flush(client)
         got = _read_available(theirs)
         assert 0 < len(got) < total  # the socket took part of it
         assert got == b"".join(replies)[: len(got)]
@@ -66,7 +66,7 @@ async def test_a_flush_sends_what_the_socket_takes_and_leaves_the_rest_of_a_repl
         for _ in range(1000):  # bounded: each round moves at least a byte
             if not client.pending:
                 break
-            _flush(client)
+            flush(client)
             got += _read_available(theirs)
         assert got == b"".join(replies)
         assert client.owed_bytes == 0 and client.budget.value == PIPELINE_MAX
@@ -78,18 +78,18 @@ async def test_a_flush_stops_at_an_unanswered_streamed_or_closing_reply_and_keep
         _ask(client, b"OK first\n")
         waiting = _ask(client, None)  # a WAIT not answered yet
         _ask(client, b"OK third\n")
-        _flush(client)
+        flush(client)
         assert _read_available(theirs) == b"OK first\n"
         assert list(client.pending) == [waiting, client.pending[1]]
-        _fill(client, waiting, b"OK second\n")
+        fill(client, waiting, b"OK second\n")
         streamed = _ask(client, None)
         streamed.data, streamed.streaming = b"frame\n", True  # a TAIL -f part: its writer's to send
-        _flush(client)
+        flush(client)
         assert _read_available(theirs) == b"OK second\nOK third\n"
         assert list(client.pending) == [streamed]
         client.pending.clear()
         _ask(client, b"ERR idle-timeout bye\n", close=True)  # the writer closes after it
-        _flush(client)
+        flush(client)
         assert _read_available(theirs) == b"" and len(client.pending) == 1
 
 
@@ -98,6 +98,6 @@ async def test_nothing_is_flushed_while_the_writer_may_be_sending():
     with ours, theirs:
         client.writer_idle = False  # the writer is in a send, or this is a TLS connection
         _ask(client, b"OK one\n")
-        _flush(client)
+        flush(client)
         assert _read_available(theirs) == b""
         assert len(client.pending) == 1 and client.owed_bytes == len(b"OK one\n")

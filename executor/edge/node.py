@@ -51,7 +51,7 @@ from executor.edge.runner import (
     kill_orphan_sessions,
     run_job,
 )
-from executor.edge.sessions import _Client, _Slot
+from executor.edge.replies import Session, Slot
 from executor.edge.tail import LiveOutput, TailMixin
 from storage import layout
 from storage.store import LevelStore, Store
@@ -157,8 +157,8 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         own port, so that no string from an HTTP request is ever parsed as a
         protocol line. The caller bounds the wait (a cancelled ask tells the
         core the "connection" is gone, as a client hanging up would)."""
-        client = _Client(next(self._client_numbers))
-        slot = _Slot()
+        client = Session(next(self._client_numbers))
+        slot = Slot()
         client.pending.append(slot)
         try:
             await self._to_core(ClientRequest((client, slot), command))

@@ -36,7 +36,7 @@ from executor.core import (
     carry_out,
     read_result,
 )
-from executor.edge.sessions import _fill, _flush
+from executor.edge.replies import fill, flush
 from executor.edge.tail import LiveOutput
 from storage import layout
 from storage.store import StoreError
@@ -351,15 +351,15 @@ class CommitPipelineMixin:
 
     def _deliver(self, token, data: bytes, close: bool) -> None:
         client, slot = token
-        _fill(client, slot, data, close)
+        fill(client, slot, data, close)
         if client.writer_idle and not client.unflushed:
             client.unflushed = True
             self._unflushed.append(client)
 
     def _flush_replies(self) -> None:
         """At the end of a burst of actions (a core loop round, a durable
-        batch): each client's ready replies in one write (`_flush`)."""
+        batch): each client's ready replies in one write (`flush`)."""
         clients, self._unflushed = self._unflushed, []
         for client in clients:
             client.unflushed = False
-            _flush(client)
+            flush(client)

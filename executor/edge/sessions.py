@@ -2,22 +2,16 @@
 socket and the core (a mixin of `executor.edge.node.Node`). A reader turns lines
 into commands for the inbox (answering at the edge what needs no core: parse
 errors, AUTH, STATS, the allow-list), a writer sends replies in request
-order, so clients may pipeline. Bounds: `client_pipeline_max` requests in
-flight, `client_reply_bytes_max` reply bytes owed, `slow_sender_s`,
-`client_idle_s`, `slow_receiver_s`; a hang-up frees the connection slot at
-once (`client_draining_max`).
-
-`TAIL <id> -f` is the one reply written in parts (`_fill_part`, by its
-follower in executor/edge/tail.py); its slot holds back later replies until
-its last frame, as a WAIT's does (docs/protocol.md, TAIL)."""
+order (executor/edge/replies.py), so clients may pipeline. Bounds:
+`client_pipeline_max` requests in flight, `client_reply_bytes_max` reply
+bytes owed, `slow_sender_s`, `client_idle_s`, `slow_receiver_s`; a hang-up
+frees the connection slot at once (`client_draining_max`)."""
 
 from __future__ import annotations
 
-import collections
 import hmac
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 
 import trio
@@ -28,6 +22,7 @@ from executor.core import (
     protocol,
 )
 from executor.core.protocol import ErrorCode
+from executor.edge.replies import Session, Slot, fill, flush, write_replies
 from storage import layout
 
 log = logging.getLogger("peerjobs")
@@ -37,41 +32,6 @@ _RECEIVE_BYTES = 65536
 # hang-up meanwhile (`_read_while_waiting`): a hang-up shows this much later,
 # and a WAIT answered within it costs no reader task.
 _UNWATCHED_WAIT_S = 0.005
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One reply a client is owed, in request order. A streamed reply
-    (TAIL -f) is filled in parts: while `streaming`, the writer sends what
-    `data` holds and leaves the slot at the head; `stop` asks its follower
-    to end the stream (the client hung up)."""
-
-    data: bytes | None = None
-    close: bool = False
-    streaming: bool = False
-    stop: bool = False
-
-    @property
-    def answered(self) -> bool:
-        """Its whole reply is there (a stream: its last frame too)."""
-        return self.data is not None and not self.streaming
-
-
-@dataclass(eq=False)
-class _Client:
-    number: int
-    pending: collections.deque = field(default_factory=collections.deque)
-    ready: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
-    budget: trio.Semaphore | None = None
-    closed: bool = False
-    authed: bool = True
-    holds_slot: bool = False  # counts against client_connections_max (until EOF)
-    draining: int = 0  # 1 while it counts against client_draining_max
-    owed_bytes: int = 0  # reply bytes ready and not yet sent (client_reply_bytes_max)
-    gone: bool = False  # the connection is over: a TAIL -f follower stops
-    fd: int = -1  # a plain TCP connection's socket: replies may leave without its writer (`_flush`)
-    writer_idle: bool = False  # its writer waits for a ready reply (is in no send); only with `fd`
-    unflushed: bool = False  # in the node's list of clients to flush at the end of this burst
 
 
 @dataclass(eq=False)
@@ -90,14 +50,15 @@ class _Reading:
 
 class SessionsMixin:
     async def _serve_client(self, stream, first: bytes) -> None:
-        client = _Client(next(self._client_numbers), authed=self.security.token is None)
+        client = Session(next(self._client_numbers), authed=self.security.token is None)
         if type(stream) is trio.SocketStream:  # not TLS: its bytes are the replies' own
             client.fd = stream.socket.fileno()
         self.clients += 1
         client.holds_slot = True
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._client_writer, stream, client, nursery.cancel_scope)
+                nursery.start_soon(write_replies, stream, client, nursery.cancel_scope,
+                                   self.config.slow_receiver_s, self.edge_stats)
                 await self._client_reader(stream, client, first)
                 # The reader ended (EOF or QUIT): let the writer flush what is owed.
                 client.closed = True
@@ -110,7 +71,7 @@ class SessionsMixin:
             with trio.CancelScope(shield=True):
                 await self.inbox_send.send(ClientClosed(client))
 
-    def _hung_up(self, client: _Client) -> bool:
+    def _hung_up(self, client: Session) -> bool:
         """The client sent EOF: it asks nothing more, so its connection slot
         is free at once. Replies it is still owed (a WAIT) are written while
         it stays under `client_draining_max`; False: close it now instead."""
@@ -125,7 +86,7 @@ class SessionsMixin:
                 self.draining += 1
         return True
 
-    def _edge_reply(self, client: _Client, line: bytes) -> tuple[bytes, bool] | None:
+    def _edge_reply(self, client: Session, line: bytes) -> tuple[bytes, bool] | None:
         """Requests answered at the edge, before the core: AUTH, and every
         line of a client that has not authenticated. (reply, close) or None."""
         token = self.security.token
@@ -146,7 +107,7 @@ class SessionsMixin:
         log.warning("%s: a client gave a wrong token; closed", self.peer_id)
         return protocol.err(ErrorCode.AUTH_FAILED, "wrong token; closing"), True
 
-    async def _client_reader(self, stream, client: _Client, first: bytes) -> None:
+    async def _client_reader(self, stream, client: Session, first: bytes) -> None:
         """Lines -> commands -> the inbox, until EOF, QUIT or a closing error.
         A last line without a newline is answered like any other."""
         reading = _Reading(stream, protocol.LineSplitter(self.config.line_bytes_max))
@@ -166,7 +127,7 @@ class SessionsMixin:
                 continue
             if reading.eof:
                 return
-            _flush(client)  # replies the edge gave (a finished job's WAIT): out before the next read
+            flush(client)  # replies the edge gave (a finished job's WAIT): out before the next read
             data = await self._receive_more(reading, client)
             if data is None:
                 return
@@ -175,7 +136,7 @@ class SessionsMixin:
                 if not self._hung_up(client):
                     return
 
-    async def _take_line(self, reading: _Reading, client: _Client, line) -> bool:
+    async def _take_line(self, reading: _Reading, client: Session, line) -> bool:
         """One line: answered at the edge, or sent to the core. False: stop reading."""
         cfg = self.config
         # The fast paths take no trip through the scheduler: a client that
@@ -187,19 +148,19 @@ class SessionsMixin:
             await client.budget.acquire()
         while client.owed_bytes > cfg.client_reply_bytes_max:
             await client.ready.park()  # the client does not read its replies: stop reading requests
-        slot = _Slot()
+        slot = Slot()
         client.pending.append(slot)
         if line is protocol.LineSplitter.TOO_LONG:
             if not client.authed:
-                _fill(client, slot, protocol.err(ErrorCode.AUTH_REQUIRED, "send AUTH <token> first; closing"), True)
+                fill(client, slot, protocol.err(ErrorCode.AUTH_REQUIRED, "send AUTH <token> first; closing"), True)
                 return False
-            _fill(client, slot, protocol.err(ErrorCode.LINE_TOO_LONG, f"line longer than {cfg.line_bytes_max} bytes; dropped"))
+            fill(client, slot, protocol.err(ErrorCode.LINE_TOO_LONG, f"line longer than {cfg.line_bytes_max} bytes; dropped"))
             return True
         edge = self._edge_reply(client, line)
         if edge is None:
             edge = self._edge_command(line)
         if isinstance(edge, tuple):
-            _fill(client, slot, *edge)
+            fill(client, slot, *edge)
             return not edge[1]
         command = edge
         kind = type(command)
@@ -235,7 +196,7 @@ class SessionsMixin:
                 await client.ready.park()
         return True
 
-    def _answer_finished(self, client: _Client, slot: _Slot, job_id: str) -> bool:
+    def _answer_finished(self, client: Session, slot: Slot, job_id: str) -> bool:
         """STATUS or WAIT of a job of ours that is final and whose record is
         durable: answered here, from the core's query (`finished_status`),
         without a trip through the inbox; a script that WAITs for a thousand
@@ -246,7 +207,7 @@ class SessionsMixin:
         line = self.core.finished_status(job_id)
         if line is None:
             return False
-        _fill(client, slot, line)
+        fill(client, slot, line)
         return True
 
     async def _to_core(self, request: ClientRequest) -> None:
@@ -288,7 +249,7 @@ class SessionsMixin:
             return protocol.err(ErrorCode.NOT_ALLOWED, "this peer runs only the commands on its allow-list"), False
         return command
 
-    async def _receive_more(self, reading: _Reading, client: _Client) -> bytes | None:
+    async def _receive_more(self, reading: _Reading, client: Session) -> bytes | None:
         """The next bytes (b"" at EOF), or None once the connection is closed
         for a slow sender or an idle client."""
         cfg = self.config
@@ -309,12 +270,12 @@ class SessionsMixin:
                 continue  # a WAIT is outstanding: the client is not idle
             else:
                 message = protocol.err(ErrorCode.IDLE_TIMEOUT, f"no request for {cfg.client_idle_s:g} s; closing")
-            slot = _Slot()
+            slot = Slot()
             client.pending.append(slot)
-            _fill(client, slot, message, True)
+            fill(client, slot, message, True)
             return None
 
-    async def _read_while_waiting(self, stream, client: _Client, slot: _Slot, backlog: bytearray) -> bool:
+    async def _read_while_waiting(self, stream, client: Session, slot: Slot, backlog: bytearray) -> bool:
         """Read the client until `slot` (its WAIT) is answered, EOF (True),
         or `line_bytes_max` bytes wait in `backlog` (then it is left unread:
         backpressure, as for any client that sends faster than it is served)."""
@@ -335,98 +296,3 @@ class SessionsMixin:
                 backlog += data
             nursery.cancel_scope.cancel()
         return eof
-
-    async def _client_writer(self, stream, client: _Client, scope: trio.CancelScope) -> None:
-        pending = client.pending
-        try:
-            while True:
-                while not (pending and pending[0].data is not None):
-                    if client.closed and not pending:
-                        return
-                    client.writer_idle = client.fd >= 0
-                    try:
-                        await client.ready.park()
-                    finally:
-                        client.writer_idle = False
-                out = []
-                close = False
-                while pending and pending[0].data is not None:
-                    slot = pending[0]
-                    out.append(slot.data)
-                    if slot.streaming:
-                        slot.data = None  # more frames follow; the replies behind it wait
-                        break
-                    pending.popleft()
-                    if client.budget is not None:
-                        client.budget.release()
-                    if slot.close:
-                        close = True
-                        break
-                data = b"".join(out)
-                with trio.fail_after(self.config.slow_receiver_s):
-                    await stream.send_all(data)
-                client.owed_bytes -= len(data)
-                client.ready.unpark_all()
-                if close:
-                    scope.cancel()
-                    return
-        except trio.TooSlowError:
-            self.edge_stats["slow_receiver"] += 1
-            scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            scope.cancel()
-
-
-def _flush(client: _Client) -> None:
-    """Write the client's ready replies now, from the task that readied
-    them, while its writer waits: they leave in this scheduler round, not
-    after a round that wakes the writer and one more after its send (S2's
-    round trip, docs/benchmarks.md). Only what the socket takes without
-    waiting, in request order, up to a streamed or closing reply; the rest
-    (and a full or broken socket) is the writer's, as is everything of a
-    TLS connection. The writer only waits while its stream is open, so
-    `fd` is still this connection's."""
-    if not client.writer_idle:
-        return
-    pending = client.pending
-    ready = []
-    for slot in pending:
-        if slot.data is None or slot.streaming or slot.close:
-            break
-        ready.append(slot.data)
-    if not ready:
-        return
-    try:
-        sent = os.write(client.fd, ready[0] if len(ready) == 1 else b"".join(ready))
-    except OSError:
-        return
-    client.owed_bytes -= sent
-    for _ in ready:
-        slot = pending[0]
-        if sent < len(slot.data):
-            slot.data = slot.data[sent:]  # the writer sends the rest, then the others
-            break
-        sent -= len(slot.data)
-        pending.popleft()
-        if client.budget is not None:
-            client.budget.release()
-    client.ready.unpark_all()
-
-
-def _fill(client: _Client, slot: _Slot, data: bytes, close: bool = False) -> None:
-    if slot.streaming:  # a stream's last frame, maybe behind frames not yet written
-        slot.data = data if slot.data is None else slot.data + data
-        slot.streaming = False
-    else:
-        slot.data = data
-    slot.close = close
-    client.owed_bytes += len(data)
-    client.ready.unpark_all()
-
-
-def _fill_part(client: _Client, slot: _Slot, data: bytes) -> None:
-    """One frame of a streamed reply, more to follow (`_fill` sends the last)."""
-    slot.data = data if slot.data is None else slot.data + data
-    slot.streaming = True
-    client.owed_bytes += len(data)
-    client.ready.unpark_all()

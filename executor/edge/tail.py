@@ -18,7 +18,7 @@ import trio
 from executor.core import JobExited, ReplyTail, protocol
 from executor.core.protocol import ErrorCode
 from executor.edge.runner import _Capture
-from executor.edge.sessions import _fill, _fill_part
+from executor.edge.replies import fill, fill_part
 
 _TAIL_POLL_FLOOR_S = 0.01
 """A `tail_poll_s` of 0 (a setting may say so) would make a TAIL -f
@@ -54,11 +54,11 @@ class TailMixin:
         client, slot = action.token
         live = self.live_outputs.get((action.job_id, action.attempt))
         if live is None:  # not reached: see `_ForgetLiveOutput` (executor/edge/pipeline.py)
-            _fill(client, slot, protocol.err(ErrorCode.NOT_FOUND, f"job {action.job_id} attempt {action.attempt} "
+            fill(client, slot, protocol.err(ErrorCode.NOT_FOUND, f"job {action.job_id} attempt {action.attempt} "
                                              f"has no output here any more; ask its home"))
             return
         if not action.follow:
-            _fill(client, slot, self._tail_frame(action, live, 0, 0, None)[0])
+            fill(client, slot, self._tail_frame(action, live, 0, 0, None)[0])
             return
         self.nursery.start_soon(self._follow_tail, action, live)
 
@@ -118,9 +118,9 @@ class TailMixin:
                 frame, n, m, last = self._tail_frame(action, live, sent_out, sent_err, not ending)
                 sent_out, sent_err, first = sent_out + n, sent_err + m, False
                 if last:
-                    _fill(client, slot, frame)
+                    fill(client, slot, frame)
                     return
-                _fill_part(client, slot, frame)
+                fill_part(client, slot, frame)
                 if ending:
                     continue  # the rest, a frame at a time, then the last
             with trio.move_on_at(min(deadline, trio.current_time() + max(cfg.tail_poll_s, _TAIL_POLL_FLOOR_S))):
