@@ -309,10 +309,12 @@ async def test_a_finished_jobs_process_record_goes_with_its_exit_not_in_a_sync_o
         await net.start(nursery, "n1")
         store = net.stores["n1:1"]
         c = await net.client("n1")
+        node = net.nodes["n1:1"]
         for n in range(1, 4):
-            before = store.synced_batches
+            before, counted = store.synced_batches, node.statistics()["synced_batches"]
             assert await ask(c, "SUBMIT true") == f"OK n1-{n}\n"
             assert (await ask(c, f"WAIT n1-{n} 10")).startswith(f"OK n1-{n} done")
             assert store.synced_batches - before == 3
+            assert node.statistics()["synced_batches"] - counted == 3  # what STATS and /metrics report
             assert not [key for key in store.durable if key.startswith(b"r/")]
         nursery.cancel_scope.cancel()

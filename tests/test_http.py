@@ -83,6 +83,8 @@ def test_metrics_parse_and_move_when_jobs_run(web):
     assert delta["peerjobs_jobs_failed_total"] == 1
     assert delta["peerjobs_jobs_cancelled_total"] == 1
     assert delta["peerjobs_commit_batch_writes_count"] >= 1 and delta["peerjobs_commit_seconds_sum"] > 0
+    # Group commits are synced batches, one histogram observation each (not the core's write sets).
+    assert delta["peerjobs_commit_batches_total"] == delta["peerjobs_commit_seconds_count"] >= 1
     assert after["peerjobs_members{state=alive}"] == 1
 
 

@@ -215,4 +215,4 @@ class Counters:
     handoffs_refused: int = 0  # handoffs not taken while the disk was low
     results_refused: int = 0  # results from a peer that does not hold the job's current attempt
     outbox_dropped: int = 0  # results for homes forgotten for good
-    batches: int = 0
+    batches: int = 0  # write sets handed to the edge (several may ride one sync: STATS synced_batches)

@@ -48,7 +48,7 @@ class NodeCollector:
         steals.add_metric(["out"], stats["jobs_steals_out"])
         yield steals
         batches = CounterMetricFamily("peerjobs_commit_batches", "Group commits (synced LevelDB batches)")
-        batches.add_metric([], stats["jobs_batches"])
+        batches.add_metric([], stats["synced_batches"])
         yield batches
         for name, key, doc in (
             ("queue_length", "queued", "Jobs queued at this peer"),

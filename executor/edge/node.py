@@ -123,6 +123,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         self.bound_port: int | None = None
         self.http = http  # (host, port) of the dashboard and /metrics (executor/edge/http.py), or None
         self.http_port: int | None = None
+        self.synced_batches = 0  # STATS synced_batches: fsyncs of the committer (executor/edge/pipeline.py)
         self.on_commit = None  # set by executor/edge/http.py: called with (writes, seconds) per synced batch
 
     def _kill_orphans(self) -> None:
@@ -146,6 +147,7 @@ class Node(ConnectionsMixin, CommitPipelineMixin, TailMixin):
         """Every counter of this peer: jobs, queue, links, membership, clients."""
         out = self.core.statistics()
         out["clients"] = self.clients
+        out["synced_batches"] = self.synced_batches
         out.update({f"link_{k}": v for k, v in sorted(self.links.stats.items())})
         return out
 

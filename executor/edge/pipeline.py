@@ -261,6 +261,7 @@ class CommitPipelineMixin:
                 left = unsynced.pop(key) - 1
                 if left:
                     unsynced[key] = left
+            self.synced_batches += 1
             if self.on_commit is not None:
                 self.on_commit(len(writes), seconds)
             self._committed.unpark_all()
