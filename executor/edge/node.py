@@ -47,11 +47,11 @@ from executor.edge.pipeline import (
     StorageFailed,  # noqa: F401 -- the peer's fatal error: its callers catch it from here
     _Synced,
 )
+from executor.edge.replies import Session, Slot
 from executor.edge.runner import (
     kill_orphan_sessions,
     run_job,
 )
-from executor.edge.replies import Session, Slot
 from executor.edge.tail import LiveOutput, TailMixin
 from storage import layout
 from storage.store import LevelStore, Store

@@ -17,8 +17,8 @@ import trio
 
 from executor.core import JobExited, ReplyTail, protocol
 from executor.core.protocol import ErrorCode
-from executor.edge.runner import _Capture
 from executor.edge.replies import fill, fill_part
+from executor.edge.runner import _Capture
 
 _TAIL_POLL_FLOOR_S = 0.01
 """A `tail_poll_s` of 0 (a setting may say so) would make a TAIL -f
