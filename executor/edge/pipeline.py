@@ -122,7 +122,7 @@ class CommitPipelineMixin:
         self._pending_actions: list = []  # what waits for it
         self._pending_lock = threading.Lock()  # the pending batch is taken by the sync thread
         self._riders: list = []  # writes that ride the next batch but never start one (`_write_later`)
-        self._unflushed: list = []  # clients given replies in this burst (`_flush_replies`)
+        self._unflushed: dict = {}  # clients given replies in this burst, in order (`_flush_replies`)
         self._commit_busy = False  # a batch is syncing, or one failed: the next waits
         self._unsynced: dict[bytes, int] = {}  # key -> its writes pending or syncing (`Reply.about`)
         self._committed = trio.lowlevel.ParkingLot()  # readers held back while the disk is behind
@@ -353,14 +353,12 @@ class CommitPipelineMixin:
     def _deliver(self, token, data: bytes, close: bool) -> None:
         client, slot = token
         fill(client, slot, data, close)
-        if client.writer_idle and not client.unflushed:
-            client.unflushed = True
-            self._unflushed.append(client)
+        if client.writer_idle:
+            self._unflushed[client] = None
 
     def _flush_replies(self) -> None:
         """At the end of a burst of actions (a core loop round, a durable
         batch): each client's ready replies in one write (`flush`)."""
-        clients, self._unflushed = self._unflushed, []
+        clients, self._unflushed = self._unflushed, {}
         for client in clients:
-            client.unflushed = False
             flush(client)

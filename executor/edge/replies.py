@@ -52,7 +52,6 @@ class Session:
     gone: bool = False  # the connection is over: a TAIL -f follower stops
     fd: int = -1  # a plain TCP connection's socket: replies may leave without its writer (`flush`)
     writer_idle: bool = False  # its writer waits for a ready reply (is in no send); only with `fd`
-    unflushed: bool = False  # in the node's list of clients to flush at the end of this burst
 
 
 async def write_replies(stream, client: Session, scope: trio.CancelScope, slow_receiver_s: float,

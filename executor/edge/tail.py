@@ -55,7 +55,7 @@ class TailMixin:
         live = self.live_outputs.get((action.job_id, action.attempt))
         if live is None:  # not reached: see `_ForgetLiveOutput` (executor/edge/pipeline.py)
             fill(client, slot, protocol.err(ErrorCode.NOT_FOUND, f"job {action.job_id} attempt {action.attempt} "
-                                             f"has no output here any more; ask its home"))
+                                            f"has no output here any more; ask its home"))
             return
         if not action.follow:
             fill(client, slot, self._tail_frame(action, live, 0, 0, None)[0])
