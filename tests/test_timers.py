@@ -56,3 +56,14 @@ def test_on_the_virtual_clock_a_precise_sleep_is_a_virtual_one():
     real = time.monotonic()
     assert trio.run(main, clock=clock) == 30
     assert time.monotonic() - real < 15
+
+
+async def test_without_a_timerfd_the_sleep_falls_back_to_trios(monkeypatch):
+    """Out of file descriptors (timerfd_create fails): the sleep job still
+    sleeps its time, through trio's own timer, and nothing is left open."""
+    monkeypatch.setattr(timers, "_timerfd", lambda seconds: -1)
+    before = _open_fds()
+    start = time.monotonic()
+    await timers.sleep_precisely(0.01)
+    assert time.monotonic() - start >= 0.01
+    assert _open_fds() == before
